@@ -1,0 +1,68 @@
+"""Per-layer, per-sample visual token budgets: a ratio of each sample's visual tokens or a fixed count."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+# floor(r * N) with r = 1/9 and N = 576 is 63.99999999999999 in floating point; the paper means 64.
+_FLOOR_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class KeepSchedule:
+    """Budget of each decoder layer: `ratios[i]` (k = max(1, floor(r * N))) or `counts[i]` (k = min(c, N))."""
+
+    ratios: tuple[float, ...] | None = None
+    counts: tuple[int, ...] | None = None
+
+    @classmethod
+    def build(
+        cls, num_layers: int, keep: float | Sequence[float] | None = None, keep_tokens: int | Sequence[int] | None = None
+    ) -> KeepSchedule:
+        """Validate a user budget; a scalar applies to every layer, a sequence gives one value per layer."""
+        if (keep is None) == (keep_tokens is None):
+            raise ValueError("Give exactly one budget: `keep` (a ratio in (0, 1]) or `keep_tokens` (a count >= 1).")
+        if keep is not None:
+            values = _per_layer(keep, num_layers, "keep")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
+                    raise ValueError(
+                        f"keep must be a ratio in (0, 1] (e.g. 0.25 keeps a quarter of each sample's visual tokens), "
+                        f"got {v!r}. For a fixed number of tokens use keep_tokens=."
+                    )
+            return cls(ratios=tuple(float(v) for v in values))
+        values = _per_layer(keep_tokens, num_layers, "keep_tokens")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"keep_tokens must be an integer >= 1 (visual tokens per sample), got {v!r}.")
+        return cls(counts=tuple(values))
+
+    def num_layers(self) -> int:
+        return len(self.ratios if self.ratios is not None else self.counts)
+
+    def is_dense(self, layer_idx: int) -> bool:
+        """True when the layer keeps every visual token whatever the image (ratio 1.0)."""
+        return self.ratios is not None and self.ratios[layer_idx] >= 1.0
+
+    def budget(self, layer_idx: int, n_visual: torch.Tensor) -> torch.Tensor:
+        """`(batch,)` visual tokens kept by each sample at one layer, given its `(batch,)` visual token counts."""
+        if self.ratios is not None:
+            k = torch.floor(n_visual.double() * self.ratios[layer_idx] + _FLOOR_EPS).long().clamp(min=1)
+        else:
+            k = torch.full_like(n_visual, self.counts[layer_idx])
+        return torch.minimum(k, n_visual)
+
+    def to_dict(self) -> dict:
+        return {"keep": list(self.ratios)} if self.ratios is not None else {"keep_tokens": list(self.counts)}
+
+
+def _per_layer(value, num_layers: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_layers:
+            raise ValueError(f"{name} has {len(value)} entries but the model has {num_layers} decoder layers.")
+        return list(value)
+    return [value] * num_layers

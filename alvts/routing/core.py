@@ -1,0 +1,284 @@
+"""The routing core: at each decoder layer, text tokens and the policy's top-k visual tokens go through the layer;
+the other visual tokens skip it unchanged and are put back in place. Knows no model family (see `adapters`).
+
+Mechanics (see shared notes, transformers-routing.md): each decoder layer's `forward` is replaced on the instance
+(class, parameter names and output-capture hooks stay stock). The replacement gathers the kept tokens, with their
+rotary (cos, sin), into a left-padded sub-sequence in original order, builds that layer's own causal mask against
+its own cache length, calls the stock layer, and scatters the outputs back. A forward pre-hook on the multimodal
+model reads which tokens are visual and valid and swaps in a `RoutedCache`; a hook on the language model advances
+the cache's logical length.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+from ..policies import LayerInputs, Policy
+from .adapters import FamilyAdapter
+from .budget import KeepSchedule
+from .cache import RoutedCache
+
+SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+@dataclass
+class RoutingState:
+    """What the last call that carried visual tokens selected, per layer: for tests, debugging and calibration."""
+
+    visual: torch.Tensor | None = None  # (batch, seq) bool
+    selected: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (batch, seq) bool, went through
+
+    def visual_kept(self) -> torch.Tensor:
+        """`(num_layers, batch)` number of visual tokens that went through each layer."""
+        return torch.stack([self.selected[i].sum(1) for i in sorted(self.selected)])
+
+
+@dataclass
+class _Call:
+    """Per-forward context, set by the pre-hook and read by every routed layer."""
+
+    valid: torch.Tensor  # (batch, seq) bool
+    visual: torch.Tensor | None  # (batch, seq) bool, valid visual tokens; None for a text-only call
+    cache: RoutedCache | None
+
+
+def top_k_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """`(batch, seq)` bool: the `k[b]` highest-scoring candidates of each row; ties go to the earlier position."""
+    finfo = torch.finfo(torch.float32)
+    safe = scores.float().nan_to_num(nan=finfo.min, posinf=finfo.max, neginf=finfo.min)
+    masked = safe.masked_fill(~candidates, float("-inf"))
+    order = torch.argsort(masked, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (ranks < k[:, None]) & candidates
+
+
+def gather_plan(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded gather indices for the kept tokens of each row, in original order.
+
+    Returns `idx (batch, n)` (column of each slot; padding slots point at column 0) and `slot_valid (batch, n)`,
+    with n the largest number of kept tokens in a row. Causal-by-slot equals causal-by-position because order is kept.
+    """
+    counts = keep.sum(1)
+    n = int(counts.max())
+    slot = keep.long().cumsum(1) - 1 + (n - counts)[:, None]
+    rows, cols = keep.nonzero(as_tuple=True)
+    idx = torch.zeros(keep.shape[0], n, dtype=torch.long, device=keep.device)
+    slot_valid = torch.zeros(keep.shape[0], n, dtype=torch.bool, device=keep.device)
+    idx[rows, slot[rows, cols]] = cols
+    slot_valid[rows, slot[rows, cols]] = True
+    return idx, slot_valid
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class Router:
+    """Routes visual tokens through the decoder layers of one model. Created and installed by `alvts.apply`."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, policy: Policy, schedule: KeepSchedule):
+        self.adapter = adapter
+        self.policy = policy
+        self.schedule = schedule
+        self.base = adapter.base_model(model)
+        self.layers = adapter.decoder_layers(model)
+        self.text_config = adapter.text_config(model)
+        self.state = RoutingState()
+        self._model = model
+        self._call: _Call | None = None
+        self._signature = inspect.signature(self.base.forward)
+        self._handles: list[Any] = []
+        self._saved_forwards: dict[int, Any] = {}
+
+    # -- install / uninstall ------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise before touching the model if it cannot be routed."""
+        if self.schedule.num_layers() != len(self.layers):
+            raise ValueError(f"The budget has {self.schedule.num_layers()} layers, the model {len(self.layers)}.")
+        layer_types = set(getattr(self.text_config, "layer_types", None) or ["full_attention"])
+        if layer_types != {"full_attention"}:
+            raise ValueError(
+                f"alvts routes full-attention decoders only; this model has layer types {sorted(layer_types)} "
+                "(sliding-window attention is defined on positions that routed layers do not keep contiguous)."
+            )
+        self._check_attention()
+
+    def _check_attention(self) -> None:
+        impl = self.text_config._attn_implementation
+        if impl not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"alvts routing supports attn_implementation in {SUPPORTED_ATTENTION}, the model uses {impl!r}. "
+                "Call model.set_attn_implementation('sdpa') first."
+            )
+
+    def install(self) -> None:
+        self.check()
+        for i, layer in enumerate(self.layers):
+            self._saved_forwards[i] = layer.__dict__.get("forward")  # an instance-level forward (accelerate) or None
+            layer.forward = functools.partial(self._layer_forward, i, layer, layer.forward)
+        self._handles = [
+            self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            self.adapter.language_model(self._model).register_forward_hook(self._after_language_model),
+        ]
+
+    def uninstall(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for i, layer in enumerate(self.layers):
+            if self._saved_forwards[i] is None:
+                del layer.forward
+            else:
+                layer.forward = self._saved_forwards[i]
+        self._handles, self._saved_forwards, self._call = [], {}, None
+
+    # -- hooks --------------------------------------------------------------------------------------------------
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Read visual/valid tokens of this call and make sure its cache is a `RoutedCache`."""
+        self._check_attention()
+        bound = self._signature.bind(*args, **kwargs)
+        call = dict(bound.arguments)
+        for name, param in self._signature.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                call.update(call.pop(name, {}))
+        tokens = call.get("input_ids") if call.get("input_ids") is not None else call.get("inputs_embeds")
+        batch, seq = tokens.shape[:2]
+        mask = call.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise ValueError(f"alvts routing needs a 2-D attention_mask (batch, seq), got shape {tuple(mask.shape)}.")
+        valid = (
+            torch.ones(batch, seq, dtype=torch.bool, device=tokens.device)
+            if mask is None
+            else mask[:, -seq:].to(device=tokens.device, dtype=torch.bool)
+        )
+        visual = self.adapter.visual_mask(self._model, call)
+        if visual is not None:
+            visual = visual & valid
+            self.state = RoutingState(visual=visual)
+        use_cache = call.get("use_cache")
+        if use_cache is None:
+            use_cache = self.text_config.use_cache
+        cache = self._routed_cache(call.get("past_key_values"), use_cache)
+        call["past_key_values"] = cache
+        self._call = _Call(valid=valid, visual=visual, cache=cache)
+        return (), call
+
+    def _routed_cache(self, cache: Any, use_cache: bool) -> RoutedCache | None:
+        if isinstance(cache, RoutedCache):
+            return cache
+        if cache is None:
+            return RoutedCache(config=self.text_config) if use_cache else None
+        if type(cache) is DynamicCache and cache.get_seq_length() == 0:
+            return RoutedCache(config=self.text_config)
+        raise ValueError(
+            f"A routed model needs a RoutedCache (per-layer key counts differ), got a {type(cache).__name__} holding "
+            f"{cache.get_seq_length()} tokens. Pass no cache, or alvts.RoutedCache(config=model.config); static "
+            "caches (cache_implementation='static') are not supported by routing yet."
+        )
+
+    def _after_language_model(self, module: nn.Module, args: tuple, output: Any) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.cache is not None:
+            call.cache.logical_len += call.valid.shape[1]
+
+    # -- the routed decoder layer ----------------------------------------------------------------------------------
+    def _layer_forward(
+        self,
+        layer_idx: int,
+        layer: nn.Module,
+        stock_forward: Any,
+        hidden_states: torch.Tensor,
+        attention_mask: Any = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        call = self._call
+        if call is None or tuple(hidden_states.shape[:2]) != tuple(call.valid.shape):
+            raise RuntimeError(
+                "A routed decoder layer was called outside the routed model's forward. Call the model itself, "
+                "or alvts.remove(model) to use its layers directly."
+            )
+        batch, seq = call.valid.shape
+        cos, sin = position_embeddings
+        if cos.shape[-2] != seq:
+            raise RuntimeError(f"Rotary embeddings cover {cos.shape[-2]} tokens, the layer input {seq}.")
+        keep = self._keep(layer_idx, layer, hidden_states, position_embeddings, call)
+        cache = call.cache
+
+        if bool(keep.all()):
+            idx, slot_valid, sub = None, keep, hidden_states
+        else:
+            idx, slot_valid = gather_plan(keep)
+            sub = _gather(hidden_states, idx)
+            position_embeddings = (_gather(cos.expand(batch, -1, -1), idx), _gather(sin.expand(batch, -1, -1), idx))
+            position_ids = None  # rotary already carries the true positions; ids with gaps would look "packed"
+
+        past_valid = cache.key_valid(layer_idx) if cache is not None else None
+        mask_2d = slot_valid if past_valid is None else torch.cat([past_valid, slot_valid], dim=1)
+        layer_mask = create_causal_mask(
+            config=self.text_config,
+            inputs_embeds=sub,
+            attention_mask=mask_2d,
+            past_key_values=cache,
+            position_ids=None,
+            layer_idx=layer_idx,
+        )
+        out = stock_forward(
+            sub,
+            attention_mask=layer_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        if cache is not None:
+            columns = torch.arange(seq, device=keep.device).expand(batch, -1) if idx is None else idx
+            cache.append_positions(layer_idx, torch.where(slot_valid, cache.logical_len + columns, -1))
+        if idx is None:
+            return out
+        full = hidden_states.clone()
+        full[keep] = out[slot_valid]
+        return full
+
+    def _keep(self, layer_idx: int, layer: nn.Module, hidden_states: torch.Tensor, position_embeddings, call: _Call):
+        """`(batch, seq)` bool: valid text tokens and the visual tokens selected at this layer."""
+        visual = call.visual
+        if visual is None:
+            return call.valid
+        n_visual = visual.sum(1)
+        k = self.schedule.budget(layer_idx, n_visual)
+        if self.schedule.is_dense(layer_idx) or bool((k == n_visual).all()):
+            selected = visual
+        else:
+            scores = self.policy.scores(
+                LayerInputs(
+                    layer_idx=layer_idx,
+                    layer=layer,
+                    attention=self.adapter.attention(layer),
+                    norm=self.adapter.input_norm(layer),
+                    hidden_states=hidden_states,
+                    visual=visual,
+                    valid=call.valid,
+                    position_embeddings=position_embeddings,
+                )
+            )
+            if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != tuple(visual.shape):
+                got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+                raise ValueError(
+                    f"Policy {self.policy!r} returned scores of shape {got} at layer {layer_idx}; expected one score "
+                    f"per token, shape (batch, seq) = {tuple(visual.shape)}."
+                )
+            selected = top_k_mask(scores, visual, k)
+        self.state.selected[layer_idx] = selected
+        return call.valid & (~visual | selected)

@@ -1,0 +1,164 @@
+"""Tiny random-initialised models of every supported family, built from config objects (no download), and batched
+inputs with left padding, images of different sizes, several images per prompt or none. Used by the tests, the
+CPU benchmark preset and the no-weights demo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+
+FAMILIES = ("qwen2_5_vl", "llava", "llava_next")
+VOCAB, IMAGE_ID, VIDEO_ID, VISION_START, VISION_END, PAD, BOS, EOS = 512, 500, 501, 502, 503, 0, 1, 2
+TEXT_IDS = (10, 450)  # ordinary text tokens are drawn from this range
+
+# Image "sizes" per family: Qwen (t, h, w) patch grids; LLaVA-1.5 one fixed size; LLaVA-NeXT (height, width) pixels.
+DEFAULT_IMAGES = {"qwen2_5_vl": ((1, 12, 12), (1, 8, 20)), "llava": (None, None), "llava_next": ((64, 64), (40, 64))}
+
+
+def _text_config(cls, **overrides):
+    kw = dict(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+    )  # fmt: skip
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def _clip_config() -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=4
+    )
+
+
+def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **text_overrides) -> PreTrainedModel:
+    """A tiny random model of `family` (fp32, eval mode) with a 4-layer, GQA (4 query / 2 KV heads) decoder."""
+    torch.manual_seed(seed)
+    if family == "qwen2_5_vl":
+        text = dict(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS,
+            eos_token_id=EOS, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
+        )  # fmt: skip
+        text.update(text_overrides)
+        vision = dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1],
+            window_size=16, patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+        )  # fmt: skip
+        config = Qwen2_5_VLConfig(
+            text_config=text, vision_config=vision, image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
+            vision_start_token_id=VISION_START, vision_end_token_id=VISION_END, pad_token_id=PAD,
+            bos_token_id=BOS, eos_token_id=EOS,
+        )  # fmt: skip
+        cls = Qwen2_5_VLForConditionalGeneration
+    elif family == "llava":
+        config = LlavaConfig(
+            vision_config=_clip_config(), text_config=_text_config(LlamaConfig, **text_overrides),
+            image_token_id=IMAGE_ID, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        )  # fmt: skip
+        cls = LlavaForConditionalGeneration
+    elif family == "llava_next":
+        config = LlavaNextConfig(
+            vision_config=_clip_config(), text_config=_text_config(LlamaConfig, **text_overrides),
+            image_token_id=IMAGE_ID, vision_feature_layer=-2, vision_feature_select_strategy="default",
+            image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+        )  # fmt: skip
+        cls = LlavaNextForConditionalGeneration
+    else:
+        raise ValueError(f"Unknown family {family!r}; expected one of {FAMILIES}.")
+    model = cls._from_config(config, dtype=torch.float32).eval()
+    model.set_attn_implementation(attn_implementation)
+    model.generation_config.pad_token_id = PAD
+    return model
+
+
+def _image_pixels(family: str, model: PreTrainedModel, image, gen: torch.Generator) -> tuple[dict, int]:
+    """Random pixels for one image and the number of placeholder tokens it becomes in the language model."""
+    if family == "qwen2_5_vl":
+        vc = model.config.vision_config
+        t, h, w = image
+        dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+        pixels = torch.randn(t * h * w, dim, generator=gen)
+        return {"pixel_values": pixels, "image_grid_thw": torch.tensor([[t, h, w]])}, t * h * w // vc.spatial_merge_size**2
+    if family == "llava":
+        size = model.config.vision_config.image_size
+        pixels = torch.randn(1, 3, size, size, generator=gen)
+        return {"pixel_values": pixels}, (size // model.config.vision_config.patch_size) ** 2
+    tile = model.config.vision_config.image_size
+    max_tiles = 1 + max(h * w for h, w in model.config.image_grid_pinpoints) // tile**2
+    pixels = torch.randn(1, max_tiles, 3, tile, tile, generator=gen)
+    sizes = torch.tensor([image])
+    with torch.no_grad():
+        feats = model.model.get_image_features(pixel_values=pixels, image_sizes=sizes, return_dict=True).pooler_output
+    return {"pixel_values": pixels, "image_sizes": sizes}, int(feats[0].shape[0])
+
+
+def tiny_inputs(
+    model: PreTrainedModel,
+    images: Sequence[Sequence] | None = None,
+    prefix_len: int = 5,
+    suffix_len: int = 7,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A left-padded batch: `images[b]` lists sample b's images (empty = text only), each an image size as in
+    `DEFAULT_IMAGES`. Every sample is `prefix text, [images], suffix text`; suffix lengths differ per sample."""
+    family = model.config.model_type
+    if images is None:
+        images = [[img] for img in DEFAULT_IMAGES[family]]
+    gen = torch.Generator().manual_seed(seed)
+    rows, pixel_parts = [], []
+    for b, sample_images in enumerate(images):
+        ids = torch.randint(*TEXT_IDS, (prefix_len,), generator=gen).tolist()
+        for image in sample_images:
+            part, n_tokens = _image_pixels(family, model, image, gen)
+            pixel_parts.append(part)
+            if family == "qwen2_5_vl":
+                ids += [VISION_START] + [IMAGE_ID] * n_tokens + [VISION_END]
+            else:
+                ids += [IMAGE_ID] * n_tokens
+        ids += torch.randint(*TEXT_IDS, (suffix_len + 2 * b,), generator=gen).tolist()
+        rows.append(ids)
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), PAD, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        input_ids[b, length - len(ids) :] = torch.tensor(ids)
+        attention_mask[b, length - len(ids) :] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    for key in pixel_parts[0] if pixel_parts else ():
+        batch[key] = torch.cat([p[key] for p in pixel_parts])
+    if family == "qwen2_5_vl":
+        batch["mm_token_type_ids"] = (input_ids == IMAGE_ID).long()
+    return batch
+
+
+def select_sample(batch: dict[str, torch.Tensor], model: PreTrainedModel, b: int, images: Sequence) -> dict:
+    """Sample `b` of a `tiny_inputs` batch on its own (padding removed), for batched-vs-single comparisons."""
+    keep = batch["attention_mask"][b].bool()
+    out = {k: batch[k][b : b + 1, keep] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in batch}
+    counts = [len(s) for s in images]
+    first, n = sum(counts[:b]), counts[b]
+    if n == 0:
+        return out
+    if model.config.model_type == "qwen2_5_vl":
+        grid = batch["image_grid_thw"]
+        rows = grid.prod(-1)
+        start = int(rows[:first].sum())
+        out["pixel_values"] = batch["pixel_values"][start : start + int(rows[first : first + n].sum())]
+        out["image_grid_thw"] = grid[first : first + n]
+    else:
+        out["pixel_values"] = batch["pixel_values"][first : first + n]
+        if "image_sizes" in batch:
+            out["image_sizes"] = batch["image_sizes"][first : first + n]
+    return out
