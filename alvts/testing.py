@@ -90,7 +90,8 @@ def _image_pixels(family: str, model: PreTrainedModel, image, gen: torch.Generat
         t, h, w = image
         dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
         pixels = torch.randn(t * h * w, dim, generator=gen)
-        return {"pixel_values": pixels, "image_grid_thw": torch.tensor([[t, h, w]])}, t * h * w // vc.spatial_merge_size**2
+        n_tokens = t * h * w // vc.spatial_merge_size**2
+        return {"pixel_values": pixels, "image_grid_thw": torch.tensor([[t, h, w]])}, n_tokens
     if family == "llava":
         size = model.config.vision_config.image_size
         pixels = torch.randn(1, 3, size, size, generator=gen)

@@ -21,7 +21,10 @@ class KeepSchedule:
 
     @classmethod
     def build(
-        cls, num_layers: int, keep: float | Sequence[float] | None = None, keep_tokens: int | Sequence[int] | None = None
+        cls,
+        num_layers: int,
+        keep: float | Sequence[float] | None = None,
+        keep_tokens: int | Sequence[int] | None = None,
     ) -> KeepSchedule:
         """Validate a user budget; a scalar applies to every layer, a sequence gives one value per layer."""
         if (keep is None) == (keep_tokens is None):

@@ -58,8 +58,8 @@ class RoutedCache(DynamicCache):
         stored = self.physical_length(layer_idx)
         if self.key_positions[layer_idx].shape[1] != stored:
             raise RuntimeError(
-                f"RoutedCache layer {layer_idx} stores {stored} keys but tracks {self.key_positions[layer_idx].shape[1]}"
-                " positions: the cache was updated outside the alvts router."
+                f"RoutedCache layer {layer_idx} stores {stored} keys but tracks "
+                f"{self.key_positions[layer_idx].shape[1]} positions: the cache was updated outside the alvts router."
             )
 
     # -- batch and beam bookkeeping: keep positions in step with the stored keys ----------------------------------
@@ -81,20 +81,20 @@ class RoutedCache(DynamicCache):
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last `-tokens_to_remove` logical tokens (transformers 5.x convention: a count <= 0).
 
-        Only text tokens appended after routing can be cropped: inside a routed prompt, samples and layers hold
-        different numbers of keys for the same span, and keys that were skipped cannot be brought back.
+        Only trailing text (generated tokens, the end of a prompt) can be cropped: over a span with routed visual
+        tokens, samples and layers hold different numbers of keys, and skipped keys cannot be brought back.
         """
         if tokens_to_remove > 0:
             raise ValueError(f"crop() takes a count <= 0 of tokens to remove, got {tokens_to_remove}.")
         new_len = self.logical_len - abs(tokens_to_remove)
         if tokens_to_remove == 0:
             return
-        for i, pos in self.key_positions.items():
+        for pos in self.key_positions.values():
             n = abs(tokens_to_remove)
             if n > pos.shape[1] or not bool((pos[:, pos.shape[1] - n :] >= new_len).all()):
                 raise ValueError(
-                    f"Cannot crop {n} tokens from a RoutedCache: that cuts into the routed prompt. Only tokens "
-                    "generated after the prompt can be cropped."
+                    f"Cannot crop {n} tokens from a RoutedCache: the span holds visual tokens that layers routed "
+                    "differently. Only trailing text (e.g. generated tokens) can be cropped."
                 )
         for i, pos in self.key_positions.items():
             self.layers[i].crop(tokens_to_remove)

@@ -56,7 +56,8 @@ def top_k_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) 
     safe = scores.float().nan_to_num(nan=finfo.min, posinf=finfo.max, neginf=finfo.min)
     masked = safe.masked_fill(~candidates, float("-inf"))
     order = torch.argsort(masked, dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(1, order, positions)
     return (ranks < k[:, None]) & candidates
 
 

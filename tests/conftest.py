@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny random models of every family and batches with different visual counts per sample."""
+
+import pytest
+import torch
+
+import alvts
+from alvts.testing import FAMILIES, tiny_inputs, tiny_model
+
+torch.set_num_threads(2)
+
+# Per family, a batch whose samples have different numbers of visual tokens:
+# Qwen2.5-VL 12x12 vs 8x20 patch grids (36 vs 40 tokens), LLaVA-1.5 one vs two images (64 vs 128),
+# LLaVA-NeXT 64x64 vs 40x64 pixels (336 vs 234 tokens with unpadding and newline slots).
+BATCH_IMAGES = {
+    "qwen2_5_vl": [[(1, 12, 12)], [(1, 8, 20)]],
+    "llava": [[None], [None, None]],
+    "llava_next": [[(64, 64)], [(40, 64)]],
+}
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=["eager", "sdpa"])
+def attn(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(family, attn):
+    m = tiny_model(family, attn)
+    yield m
+    if alvts.get_router(m) is not None:
+        alvts.remove(m)
+
+
+@pytest.fixture
+def sdpa_model(family):
+    m = tiny_model(family, "sdpa")
+    yield m
+    if alvts.get_router(m) is not None:
+        alvts.remove(m)
+
+
+def batch_for(model, batch_size: int = 2, seed: int = 0) -> dict:
+    """Batch 1: the first sample alone; batch 2: left-padded, different visual counts."""
+    images = BATCH_IMAGES[model.config.model_type][:batch_size]
+    return tiny_inputs(model, images, seed=seed)
+
+
+def max_valid_diff(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """Largest |a - b| over non-padding positions (padding rows are garbage in both)."""
+    valid = attention_mask.bool()
+    return (a[valid] - b[valid]).abs().max().item()

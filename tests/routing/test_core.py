@@ -1,0 +1,52 @@
+"""Unit tests of the routing core's index arithmetic, budgets and family registry."""
+
+import pytest
+import torch
+
+from alvts.routing import KeepSchedule, gather_plan, get_adapter, top_k_mask
+from alvts.testing import tiny_model
+
+
+def test_gather_plan_left_pads_kept_tokens_in_order():
+    keep = torch.tensor([[True, False, True, True], [False, False, False, True]])
+    idx, slot_valid = gather_plan(keep)
+    assert idx.tolist() == [[0, 2, 3], [0, 0, 3]]
+    assert slot_valid.tolist() == [[True, True, True], [False, False, True]]
+
+
+def test_top_k_mask_per_row_budget_candidates_only_ties_to_earlier():
+    scores = torch.tensor([[5.0, 1.0, 1.0, 1.0, 9.0], [0.0, 3.0, 2.0, 2.0, 1.0]])
+    candidates = torch.tensor([[False, True, True, True, True], [True, True, True, True, True]])
+    mask = top_k_mask(scores, candidates, torch.tensor([2, 3]))
+    assert mask.tolist() == [[False, True, False, False, True], [False, True, True, True, False]]
+
+
+def test_budget_floor_and_minimum():
+    schedule = KeepSchedule.build(2, keep=[1 / 9, 0.001])
+    n = torch.tensor([576, 36, 0])
+    assert schedule.budget(0, n).tolist() == [64, 4, 0]  # 576/9 is 64 despite floating point
+    assert schedule.budget(1, n).tolist() == [1, 1, 0]  # at least one token when there is one
+    assert KeepSchedule.build(1, keep_tokens=50).budget(0, n).tolist() == [50, 36, 0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(keep=0.0), r"keep must be a ratio in \(0, 1\]"),
+        (dict(keep=1.5), r"keep must be a ratio in \(0, 1\]"),
+        (dict(keep=[0.5, 0.5]), "keep has 2 entries but the model has 4 decoder layers"),
+        (dict(keep_tokens=0), "keep_tokens must be an integer >= 1"),
+        (dict(keep=0.5, keep_tokens=3), "Give exactly one budget"),
+    ],
+)
+def test_budget_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        KeepSchedule.build(4, **kwargs)
+
+
+def test_adapters_find_layers_of_every_family(family):
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    assert len(adapter.decoder_layers(model)) == 4
+    assert adapter.base_model(model) is model.model
+    assert get_adapter(model.model).base_model(model.model) is model.model
