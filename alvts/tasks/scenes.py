@@ -1,0 +1,157 @@
+"""Seeded scene generators, one per task type: each returns a JSON-serialisable scene and its intended answer."""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections.abc import Callable, Sequence
+
+from .font import text_extent
+from .geometry import MARGIN, centre, is_unambiguous, place, square
+from .vocab import COLOURS, COMBOS, DIRECTIONS, NEGATIVE_MODES, POPULAR_TOP_K, POPULARITY, POPULARITY_WEIGHTS, SHAPES
+
+GRID = 4  # lookup grid is GRID x GRID cells
+TEXT_UNITS = 56  # a font pixel is 1/TEXT_UNITS of the image side: 7-pixel digits are one 28-px token tall at 224 px
+SHAPE_SIZES = (0.10, 0.14)  # side of a scattered shape as a fraction of the image side
+COUNTING_SIZES = (0.09, 0.12)  # smaller, since counting scenes hold up to 11 shapes
+
+Scene = dict
+Generator = Callable[[random.Random], tuple[Scene, str]]
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+
+
+def _shape(colour: str, shape: str, box: list[float]) -> dict:
+    """Scene entry for one drawn shape."""
+    return {"colour": colour, "shape": shape, "bbox": box, "centre": centre(box)}
+
+
+def _retry(rng: random.Random, attempt: Callable[[random.Random], tuple[Scene, str] | None]) -> tuple[Scene, str]:
+    """Run attempt until it yields a scene, so generators can reject layouts that do not meet their constraints."""
+    for _ in range(1000):
+        result = attempt(rng)
+        if result is not None:
+            return result
+    raise RuntimeError("scene constraints could not be met")
+
+
+def _lookup(rng: random.Random) -> tuple[Scene, str]:
+    """A GRID x GRID grid of shapes; the question names one cell, so the answer lives in a few visual tokens."""
+    cell = (1 - 2 * MARGIN) / GRID
+    size = 0.6 * cell
+    objects = []
+    for row in range(GRID):
+        for col in range(GRID):
+            box = square(MARGIN + col * cell + (cell - size) / 2, MARGIN + row * cell + (cell - size) / 2, size)
+            obj = _shape(rng.choice(COLOUR_NAMES), rng.choice(SHAPES), box)
+            objects.append({**obj, "row": row + 1, "col": col + 1})
+    row, col = rng.randint(1, GRID), rng.randint(1, GRID)
+    query = {"row": row, "col": col}
+    scene = {"task": "lookup", "grid": {"rows": GRID, "cols": GRID}, "objects": objects, "query": query}
+    return scene, objects[(row - 1) * GRID + col - 1]["colour"]
+
+
+def _counting(rng: random.Random) -> tuple[Scene, str]:
+    """1-6 shapes of the asked colour among 2-5 others, so the answer needs the whole image."""
+    target = rng.choice(COLOUR_NAMES)
+    count = rng.randint(1, 6)
+    others = [colour for colour in COLOUR_NAMES if colour != target]
+    colours = [target] * count + [rng.choice(others) for _ in range(rng.randint(2, 5))]
+    rng.shuffle(colours)
+    boxes = place(rng, len(colours), COUNTING_SIZES)
+    objects = [_shape(colour, rng.choice(SHAPES), box) for colour, box in zip(colours, boxes, strict=True)]
+    return {"task": "counting", "objects": objects, "query": {"colour": target}}, str(count)
+
+
+def _negative(rng: random.Random, combos: Sequence[tuple[str, str]], mode: str) -> tuple[str, str] | None:
+    """An absent (colour, shape) sampled POPE-style: uniformly, among the most popular, or co-occurring in parts."""
+    absent = [combo for combo in POPULARITY if combo not in combos]
+    if mode == "popular":
+        absent = absent[:POPULAR_TOP_K]
+    elif mode == "adversarial":
+        absent = [
+            (colour, shape)
+            for colour, shape in absent
+            if any(c == colour and s != shape for c, s in combos) and any(s == shape and c != colour for c, s in combos)
+        ]
+    return rng.choice(absent) if absent else None
+
+
+def _existence_attempt(rng: random.Random) -> tuple[Scene, str] | None:
+    """One try at an existence scene: 3-6 shapes drawn by popularity, a positive or a POPE-style negative query."""
+    combos = rng.choices(POPULARITY, weights=POPULARITY_WEIGHTS, k=rng.randint(3, 6))
+    mode = None if rng.random() < 0.5 else rng.choice(NEGATIVE_MODES)
+    query = rng.choice(combos) if mode is None else _negative(rng, combos, mode)
+    if query is None:
+        return None
+    boxes = place(rng, len(combos), SHAPE_SIZES)
+    objects = [_shape(colour, shape, box) for (colour, shape), box in zip(combos, boxes, strict=True)]
+    scene = {
+        "task": "existence",
+        "objects": objects,
+        "query": {"colour": query[0], "shape": query[1]},
+        "negative_mode": mode,
+    }
+    return scene, "yes" if mode is None else "no"
+
+
+def _reading(rng: random.Random) -> tuple[Scene, str]:
+    """A 3-5 digit number in the bitmap font plus 1-3 distractor shapes; the answer is a multi-token string."""
+    text = str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(2, 4)))
+    width, height = (units / TEXT_UNITS for units in text_extent(text))
+    x, y = rng.uniform(MARGIN, 1 - MARGIN - width), rng.uniform(MARGIN, 1 - MARGIN - height)
+    text_box = [round(x, 4), round(y, 4), round(x + width, 4), round(y + height, 4)]
+    boxes = place(rng, rng.randint(1, 3), SHAPE_SIZES, avoid=[text_box])
+    objects = [_shape(rng.choice(COLOUR_NAMES), rng.choice(SHAPES), box) for box in boxes]
+    scene = {"task": "reading", "objects": objects, "text": {"value": text, "bbox": text_box, "units": TEXT_UNITS}}
+    return scene, text
+
+
+def _relation_attempt(rng: random.Random) -> tuple[Scene, str] | None:
+    """One try at a relation scene: 4-7 distinct shapes and the first (anchor, direction) with a clear answer."""
+    combos = rng.sample(COMBOS, rng.randint(4, 7))
+    boxes = place(rng, len(combos), SHAPE_SIZES)
+    objects = [_shape(colour, shape, box) for (colour, shape), box in zip(combos, boxes, strict=True)]
+    centres = [obj["centre"] for obj in objects]
+    pairs = [(anchor, direction) for anchor in range(len(objects)) for direction in DIRECTIONS]
+    rng.shuffle(pairs)
+    for anchor, direction in pairs:
+        if is_unambiguous(centres, anchor, direction):
+            scene = {"task": "relation", "objects": objects, "query": {"anchor": anchor, "direction": direction}}
+            target = min(
+                (index for index in range(len(objects)) if index != anchor),
+                key=lambda index: _directional_distance(centres, anchor, index, direction),
+            )
+            return scene, f"{objects[target]['colour']} {objects[target]['shape']}"
+    return None
+
+
+def _directional_distance(centres: Sequence[Sequence[float]], anchor: int, index: int, direction: str) -> float:
+    """Distance to a centre ahead of the anchor (half-plane, not answer_for's cone), infinity for centres behind it."""
+    dx, dy = DIRECTIONS[direction]
+    ox, oy = centres[index][0] - centres[anchor][0], centres[index][1] - centres[anchor][1]
+    return math.hypot(ox, oy) if ox * dx + oy * dy > 0 else math.inf
+
+
+GENERATORS: dict[str, Generator] = {
+    "lookup": _lookup,
+    "counting": _counting,
+    "existence": lambda rng: _retry(rng, _existence_attempt),
+    "reading": _reading,
+    "relation": lambda rng: _retry(rng, _relation_attempt),
+}
+TASK_TYPES: tuple[str, ...] = tuple(GENERATORS)
+
+
+def check_task(task: str) -> None:
+    """Raise ValueError naming the valid tasks when task is not one of TASK_TYPES."""
+    if task not in GENERATORS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_TYPES)}")
+
+
+def generate_scene(task: str, seed: int) -> tuple[Scene, str]:
+    """Scene and intended answer for (task, seed), from an RNG keyed by crc32(task) and seed (no salted hash())."""
+    check_task(task)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return GENERATORS[task](random.Random((zlib.crc32(task.encode()) << 64) | seed))
