@@ -50,3 +50,33 @@ def test_adapters_find_layers_of_every_family(family):
     assert len(adapter.decoder_layers(model)) == 4
     assert adapter.base_model(model) is model.model
     assert get_adapter(model.model).base_model(model.model) is model.model
+
+
+def test_routed_forward_equals_stock_layers_on_the_selected_tokens(family):
+    """Reference semantics, computed by hand with stock layers: each layer runs on text + its selected visual
+    tokens with their original rotary positions and a causal mask; skipped tokens pass through unchanged."""
+    import alvts
+    from alvts.testing import tiny_inputs
+
+    model = tiny_model(family, "eager")
+    batch = tiny_inputs(model, [[{"qwen2_5_vl": (1, 12, 12), "llava": None, "llava_next": (64, 64)}[family]]])
+    lm = model.model.language_model
+    captured = {}
+    hook = lm.rotary_emb.register_forward_hook(lambda m, a, o: captured.setdefault("cos_sin", o))
+    with alvts.routed(model, "oracle", keep=0.25), torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+        selected = alvts.routing_state(model).selected
+    hook.remove()
+    visual = batch["input_ids"] == model.config.image_token_id
+    cos, sin = captured["cos_sin"]
+    h = out.hidden_states[0]
+    with torch.no_grad():
+        for i, layer in enumerate(lm.layers):
+            idx = (~visual | selected[i])[0].nonzero().flatten()
+            n = len(idx)
+            causal = torch.full((n, n), float("-inf")).triu(1)[None, None]
+            sub = layer(h[:, idx], attention_mask=causal, position_embeddings=(cos[:, idx], sin[:, idx]))
+            h = h.clone()
+            h[:, idx] = sub
+        logits = model.lm_head(lm.norm(h))
+    assert torch.allclose(logits, out.logits, atol=1e-5, rtol=0)
