@@ -17,6 +17,7 @@ from alvts.testing import FAMILIES, tiny_inputs, tiny_model
 # Two samples with different visual token counts per family (see alvts.testing.DEFAULT_IMAGES).
 DEMO_IMAGES = {
     "qwen2_5_vl": [[(1, 12, 12)], [(1, 8, 20)]],
+    "qwen2_vl": [[(1, 12, 12)], [(1, 8, 20)]],
     "llava": [[None], [None, None]],
     "llava_next": [[(64, 64)], [(40, 64)]],
 }

@@ -17,14 +17,22 @@ from transformers import (
     PreTrainedModel,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
 )
 
-FAMILIES = ("qwen2_5_vl", "llava", "llava_next")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "llava_next")
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 VOCAB, IMAGE_ID, VIDEO_ID, VISION_START, VISION_END, PAD, BOS, EOS = 512, 500, 501, 502, 503, 0, 1, 2
 TEXT_IDS = (10, 450)  # ordinary text tokens are drawn from this range
 
 # Image "sizes" per family: Qwen (t, h, w) patch grids; LLaVA-1.5 one fixed size; LLaVA-NeXT (height, width) pixels.
-DEFAULT_IMAGES = {"qwen2_5_vl": ((1, 12, 12), (1, 8, 20)), "llava": (None, None), "llava_next": ((64, 64), (40, 64))}
+DEFAULT_IMAGES = {
+    "qwen2_5_vl": ((1, 12, 12), (1, 8, 20)),
+    "qwen2_vl": ((1, 12, 12), (1, 8, 20)),
+    "llava": (None, None),
+    "llava_next": ((64, 64), (40, 64)),
+}
 
 
 def _text_config(cls, **overrides):
@@ -45,23 +53,30 @@ def _clip_config() -> CLIPVisionConfig:
 def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **text_overrides) -> PreTrainedModel:
     """A tiny random model of `family` (fp32, eval mode) with a 4-layer, GQA (4 query / 2 KV heads) decoder."""
     torch.manual_seed(seed)
-    if family == "qwen2_5_vl":
+    if family in QWEN_FAMILIES:
         text = dict(
             vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS,
             eos_token_id=EOS, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
         )  # fmt: skip
         text.update(text_overrides)
-        vision = dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1],
-            window_size=16, patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
-        )  # fmt: skip
-        config = Qwen2_5_VLConfig(
+        if family == "qwen2_5_vl":
+            vision = dict(
+                depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, window_size=16,
+                fullatt_block_indexes=[1], patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+            )  # fmt: skip
+            config_cls, cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        else:
+            vision = dict(
+                depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4, spatial_merge_size=2,
+                temporal_patch_size=2,
+            )  # fmt: skip
+            config_cls, cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        config = config_cls(
             text_config=text, vision_config=vision, image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
             vision_start_token_id=VISION_START, vision_end_token_id=VISION_END, pad_token_id=PAD,
             bos_token_id=BOS, eos_token_id=EOS,
         )  # fmt: skip
-        cls = Qwen2_5_VLForConditionalGeneration
     elif family == "llava":
         config = LlavaConfig(
             vision_config=_clip_config(), text_config=_text_config(LlamaConfig, **text_overrides),
@@ -85,7 +100,7 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **
 
 def _image_pixels(family: str, model: PreTrainedModel, image, gen: torch.Generator) -> tuple[dict, int]:
     """Random pixels for one image and the number of placeholder tokens it becomes in the language model."""
-    if family == "qwen2_5_vl":
+    if family in QWEN_FAMILIES:
         vc = model.config.vision_config
         t, h, w = image
         dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
@@ -124,7 +139,7 @@ def tiny_inputs(
         for image in sample_images:
             part, n_tokens = _image_pixels(family, model, image, gen)
             pixel_parts.append(part)
-            if family == "qwen2_5_vl":
+            if family in QWEN_FAMILIES:
                 ids += [VISION_START] + [IMAGE_ID] * n_tokens + [VISION_END]
             else:
                 ids += [IMAGE_ID] * n_tokens
@@ -139,7 +154,7 @@ def tiny_inputs(
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     for key in pixel_parts[0] if pixel_parts else ():
         batch[key] = torch.cat([p[key] for p in pixel_parts])
-    if family == "qwen2_5_vl":
+    if family in QWEN_FAMILIES:
         batch["mm_token_type_ids"] = (input_ids == IMAGE_ID).long()
     return batch
 
@@ -152,7 +167,7 @@ def select_sample(batch: dict[str, torch.Tensor], model: PreTrainedModel, b: int
     first, n = sum(counts[:b]), counts[b]
     if n == 0:
         return out
-    if model.config.model_type == "qwen2_5_vl":
+    if model.config.model_type in QWEN_FAMILIES:
         grid = batch["image_grid_thw"]
         rows = grid.prod(-1)
         start = int(rows[:first].sum())

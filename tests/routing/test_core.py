@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+import alvts
 from alvts.routing import KeepSchedule, gather_plan, get_adapter, top_k_mask
-from alvts.testing import tiny_model
+from alvts.testing import DEFAULT_IMAGES, tiny_inputs, tiny_model
 
 
 def test_gather_plan_left_pads_kept_tokens_in_order():
@@ -55,11 +56,8 @@ def test_adapters_find_layers_of_every_family(family):
 def test_routed_forward_equals_stock_layers_on_the_selected_tokens(family):
     """Reference semantics, computed by hand with stock layers: each layer runs on text + its selected visual
     tokens with their original rotary positions and a causal mask; skipped tokens pass through unchanged."""
-    import alvts
-    from alvts.testing import tiny_inputs
-
     model = tiny_model(family, "eager")
-    batch = tiny_inputs(model, [[{"qwen2_5_vl": (1, 12, 12), "llava": None, "llava_next": (64, 64)}[family]]])
+    batch = tiny_inputs(model, [[DEFAULT_IMAGES[family][0]]])
     lm = model.model.language_model
     captured = {}
     hook = lm.rotary_emb.register_forward_hook(lambda m, a, o: captured.setdefault("cos_sin", o))
