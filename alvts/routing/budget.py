@@ -59,9 +59,6 @@ class KeepSchedule:
             k = torch.full_like(n_visual, self.counts[layer_idx])
         return torch.minimum(k, n_visual)
 
-    def to_dict(self) -> dict:
-        return {"keep": list(self.ratios)} if self.ratios is not None else {"keep_tokens": list(self.counts)}
-
 
 def _per_layer(value, num_layers: int, name: str) -> list:
     if isinstance(value, (list, tuple)):

@@ -21,6 +21,15 @@ class OwnFeaturePolicy(Policy):
         return inputs.normed[..., inputs.layer_idx]
 
 
+def _routed_generate(model, batch, new_tokens):
+    """Greedy generation with the oracle at keep 0.25 into an explicit RoutedCache; returns the cache."""
+    alvts.apply(model, "oracle", keep=0.25)
+    cache = RoutedCache(config=model.config)
+    with torch.no_grad():
+        model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, past_key_values=cache)
+    return cache
+
+
 def _text_and_visual_counts(model, batch):
     visual = alvts.routing_state(model).visual
     return (batch["attention_mask"].bool() & ~visual).sum(1), visual.sum(1)
@@ -66,10 +75,7 @@ def test_cached_decoding_equals_recomputing_the_whole_sequence(model, batch_size
 
 def test_generation_appends_text_to_every_layer(sdpa_model):
     model, batch = sdpa_model, batch_for(sdpa_model, 2)
-    alvts.apply(model, "oracle", keep=0.25)
-    cache = RoutedCache(config=model.config)
-    with torch.no_grad():
-        model.generate(**batch, max_new_tokens=4, do_sample=False, past_key_values=cache)
+    cache = _routed_generate(model, batch, new_tokens=4)
     text, visual = _text_and_visual_counts(model, batch)
     k = torch.clamp((visual * 0.25 + 1e-6).floor().long(), min=1)
     for i in range(4):
@@ -91,10 +97,7 @@ def test_beam_search_and_sampling_run_routed(sdpa_model, mode):
 
 def test_crop_removes_trailing_text_and_refuses_routed_spans(sdpa_model):
     model, batch = sdpa_model, batch_for(sdpa_model, 2)
-    alvts.apply(model, "oracle", keep=0.25)
-    cache = RoutedCache(config=model.config)
-    with torch.no_grad():
-        model.generate(**batch, max_new_tokens=4, do_sample=False, past_key_values=cache)
+    cache = _routed_generate(model, batch, new_tokens=4)
     before = cache.physical_lengths()
     cache.crop(-2)
     assert cache.physical_lengths() == [n - 2 for n in before]
