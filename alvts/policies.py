@@ -111,9 +111,7 @@ def attention_importance(
     """log S(i) = log S_V2V(i) + log S_T2V(i) from the layer's real attention (alvts-method.md §3.1), head-averaged.
 
     Uses the layer's own q/k projections, RoPE, the causal mask and the padding mask; softmax over all valid keys.
-    S_V2V(i) is the mean attention visual queries give visual token i, S_T2V(i) the mean over text queries.
-    Query rows are processed in chunks, so memory is O(heads * chunk * seq). Returns `(batch, seq)` fp32 with
-    -inf at non-visual positions.
+    Returns `(batch, seq)` fp32 with -inf at non-visual positions.
     """
     b, seq, _ = normed.shape
     head_dim = attention.head_dim
@@ -122,22 +120,40 @@ def attention_importance(
     k = attention.k_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: key group g(h) for every query head h
+    return received_attention_log_scores(q, k, attention.scaling, visual, valid, chunk_size)
 
+
+def received_attention_log_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float | torch.Tensor,
+    visual: torch.Tensor,
+    valid: torch.Tensor,
+    chunk_size: int = 512,
+) -> torch.Tensor:
+    """log S_V2V + log S_T2V of causal softmax attention `softmax(scale * q k^T)`, averaged over heads.
+
+    `q`, `k`: `(batch, heads, seq, dim)`. S_V2V(i) is the mean attention visual queries give token i, S_T2V(i) the
+    mean over text queries (valid non-visual tokens). Query rows go in chunks, so memory is O(heads * chunk * seq).
+    Shared by the oracle (real heads) and the low-rank selector (one head in rank space). `(batch, seq)` fp32 with
+    -inf at non-visual positions; means are clamped at 1e-30 before the log (S is O(1/N^2)).
+    """
+    b, seq = visual.shape
     text = valid & ~visual
     key_ok = valid[:, None, None, :]
-    positions = torch.arange(seq, device=normed.device)
-    v2v = normed.new_zeros(b, seq, dtype=torch.float32)
+    positions = torch.arange(seq, device=q.device)
+    v2v = torch.zeros(b, seq, dtype=torch.float32, device=q.device)
     t2v = torch.zeros_like(v2v)
     for start in range(0, seq, chunk_size):
         stop = min(start + chunk_size, seq)
-        logits = (q[:, :, start:stop] @ k.transpose(-1, -2)) * attention.scaling  # (b, heads, chunk, seq)
+        logits = (q[:, :, start:stop] @ k.transpose(-1, -2)) * scale  # (b, heads, chunk, seq)
         causal = positions[None, :] <= positions[start:stop, None]
         logits = logits.masked_fill(~(causal & key_ok), float("-inf"))
         probs = torch.softmax(logits, dim=-1).mean(1).nan_to_num(0.0)  # padding query rows have no key
-        v2v += (probs * visual[:, start:stop, None]).sum(1)
-        t2v += (probs * text[:, start:stop, None]).sum(1)
-    v2v /= visual.sum(1, keepdim=True).clamp(min=1)
-    t2v /= text.sum(1, keepdim=True).clamp(min=1)
+        v2v = v2v + (probs * visual[:, start:stop, None]).sum(1)
+        t2v = t2v + (probs * text[:, start:stop, None]).sum(1)
+    v2v = v2v / visual.sum(1, keepdim=True).clamp(min=1)
+    t2v = t2v / text.sum(1, keepdim=True).clamp(min=1)
     log_s = v2v.clamp(min=1e-30).log() + t2v.clamp(min=1e-30).log()
     return log_s.masked_fill(~visual, float("-inf"))
 

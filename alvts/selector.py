@@ -1,0 +1,37 @@
+"""The low-rank selector (alvts-method.md §3.1): per layer, one fused GEMM x @ [P_q | P_k] on the input-normed
+hidden states, causal softmax attention in rank space at temperature exp(t), score S = S_V2V * S_T2V in log space."""
+
+from __future__ import annotations
+
+import torch
+
+from .policies import LayerInputs, Policy, received_attention_log_scores
+
+
+class LowRankSelector(Policy):
+    """A fitted selector: `factors[layer]` is `(hidden, 2 * rank)` = [P_q | P_k], `log_temps[layer]` a scalar."""
+
+    name = "alvts"
+
+    def __init__(self, factors: dict[int, torch.Tensor], log_temps: dict[int, torch.Tensor] | None = None):
+        self.factors = factors
+        self.log_temps = log_temps or {i: torch.zeros(()) for i in factors}
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.factors.values())).shape[1] // 2
+
+    def scores(self, inputs: LayerInputs) -> torch.Tensor:
+        if inputs.layer_idx not in self.factors:
+            raise KeyError(
+                f"The selector has no factors for layer {inputs.layer_idx} (it has {sorted(self.factors)}); "
+                "give that layer keep 1.0 in the schedule."
+            )
+        x = inputs.normed
+        weight = self.factors[inputs.layer_idx].to(device=x.device, dtype=x.dtype)
+        q, k = (x @ weight).float().split(self.rank, dim=-1)
+        scale = self.log_temps[inputs.layer_idx].to(x.device).float().exp()
+        return received_attention_log_scores(q[:, None], k[:, None], scale, inputs.visual, inputs.valid)
+
+    def __repr__(self) -> str:
+        return f"LowRankSelector(layers={len(self.factors)}, rank={self.rank})"
