@@ -3,6 +3,7 @@
 from .api import apply, get_router, remove, routed, routing_state
 from .policies import FullPolicy, LayerInputs, OraclePolicy, Policy, RandomPolicy, attention_importance, get_policy
 from .routing import KeepSchedule, RoutedCache, supported_model_classes
+from .selector import LowRankSelector
 
 __version__ = "0.1.0"
 
@@ -10,6 +11,7 @@ __all__ = [
     "FullPolicy",
     "KeepSchedule",
     "LayerInputs",
+    "LowRankSelector",
     "OraclePolicy",
     "Policy",
     "RandomPolicy",
