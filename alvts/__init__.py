@@ -1,11 +1,11 @@
 """alvts: adaptive layer-wise visual token selection for vision-language models in transformers."""
 
+from ._version import __version__
 from .api import apply, get_router, remove, routed, routing_state
+from .pack import SelectorConfig, SelectorPack
 from .policies import FullPolicy, LayerInputs, OraclePolicy, Policy, RandomPolicy, attention_importance, get_policy
 from .routing import KeepSchedule, RoutedCache, supported_model_classes
 from .selector import LowRankSelector
-
-__version__ = "0.1.0"
 
 __all__ = [
     "FullPolicy",
@@ -16,6 +16,8 @@ __all__ = [
     "Policy",
     "RandomPolicy",
     "RoutedCache",
+    "SelectorConfig",
+    "SelectorPack",
     "__version__",
     "apply",
     "attention_importance",

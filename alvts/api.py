@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from torch import nn
 
-from .policies import FullPolicy, Policy, get_policy
+from .pack import SelectorPack
+from .policies import POLICIES, FullPolicy, Policy, get_policy
 from .routing import KeepSchedule, Router, RoutingState, get_adapter
 
 _ROUTER_ATTR = "_alvts_router"
@@ -15,14 +18,15 @@ _ROUTER_ATTR = "_alvts_router"
 
 def apply(
     model: nn.Module,
-    policy: Policy | str = "full",
+    policy: Policy | SelectorPack | str = "full",
     keep: float | Sequence[float] | None = None,
     *,
     keep_tokens: int | Sequence[int] | None = None,
 ) -> nn.Module:
     """Route `model`'s visual tokens per decoder layer, in place, and return it.
 
-    `policy` scores visual tokens per layer (a `Policy` or one of the names "full", "random", "oracle").
+    `policy` scores visual tokens per layer: a `Policy`, one of the names "full", "random", "oracle", a
+    `SelectorPack`, or the folder / Hub id of one (checked against the model; its default keep is the default).
     The budget is `keep`, a ratio of each sample's visual tokens (k = max(1, floor(keep * N))), or `keep_tokens`,
     a count; either may be a per-layer list. Everything is checked before the model is touched.
     """
@@ -30,12 +34,15 @@ def apply(
     base = adapter.base_model(model)
     if getattr(base, _ROUTER_ATTR, None) is not None:
         raise ValueError("This model is already routed by alvts; call alvts.remove(model) before applying again.")
+    num_layers = len(adapter.decoder_layers(model))
+    policy, pack_keep = _resolve_pack(model, policy, num_layers)
+    if keep is None and keep_tokens is None:
+        keep = pack_keep
     policy = get_policy(policy)
     if keep is None and keep_tokens is None:
         if policy.default_keep is None:
             raise ValueError(f"Policy {policy!r} needs a budget: pass keep=<ratio in (0, 1]> or keep_tokens=<count>.")
         keep = policy.default_keep
-    num_layers = len(adapter.decoder_layers(model))
     schedule = KeepSchedule.build(num_layers, keep, keep_tokens)
     if isinstance(policy, FullPolicy) and not all(schedule.is_dense(i) for i in range(num_layers)):
         raise ValueError("Policy 'full' keeps every visual token; use keep=1.0, or another policy to drop tokens.")
@@ -43,6 +50,18 @@ def apply(
     router.install()
     setattr(base, _ROUTER_ATTR, router)
     return model
+
+
+def _resolve_pack(model: nn.Module, policy, num_layers: int) -> tuple[Policy | str, list[float] | None]:
+    """A pack (object, folder or Hub id "org/name") becomes its checked selector and default per-layer keep."""
+    is_name = isinstance(policy, (str, os.PathLike)) and str(policy) not in POLICIES
+    if is_name and (Path(policy).is_dir() or "/" in str(policy)):
+        policy = SelectorPack.from_pretrained(policy)
+    if not isinstance(policy, SelectorPack):
+        return policy, None
+    policy.check_model(model)
+    keep = [policy.config.default_keep if i in policy.selector.factors else 1.0 for i in range(num_layers)]
+    return policy.selector, keep
 
 
 def remove(model: nn.Module) -> nn.Module:
@@ -72,7 +91,7 @@ def routing_state(model: nn.Module) -> RoutingState:
 @contextmanager
 def routed(
     model: nn.Module,
-    policy: Policy | str = "full",
+    policy: Policy | SelectorPack | str = "full",
     keep: float | Sequence[float] | None = None,
     *,
     keep_tokens: int | Sequence[int] | None = None,

@@ -162,11 +162,12 @@ POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (FullPolicy, Rando
 
 
 def get_policy(policy: Policy | str) -> Policy:
-    """A policy object from itself or its name; a clear error for anything else."""
+    """A policy object from itself or its name; a clear error for anything else (packs: see `alvts.apply`)."""
     if isinstance(policy, Policy):
         return policy
     if isinstance(policy, str) and policy in POLICIES:
         return POLICIES[policy]()
     raise ValueError(
-        f"Unknown policy {policy!r}. Use one of the names {sorted(POLICIES)} or a `alvts.Policy` instance."
+        f"Unknown policy {policy!r}. Use one of the names {sorted(POLICIES)}, a `alvts.Policy` instance, a "
+        "SelectorPack, or the path / Hub id of a selector pack."
     )
