@@ -1,0 +1,211 @@
+"""Layer-by-layer calibration (alvts-method.md §3.4.2, llm-compressor's sequential pipeline): run the frozen model up to
+decoder layer 0 once, then per layer collect statistics, fit the selector (Stage A closed form, Stage B refinement),
+save the layer's result at once (an interrupted run resumes from its output folder), and advance the cached inputs
+through the full stock layer. Only one layer's activations are held at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.masking_utils import create_causal_mask
+
+from .fit import LayerSample, fit_low_rank_selector, layer_metrics, merged_bilinear_form, refine_selector
+from .pack import SelectorConfig, SelectorPack, model_fingerprint
+from .policies import attention_importance
+from .routing import get_adapter
+from .selector import LowRankSelector
+
+
+@dataclass
+class CalibrationConfig:
+    """How to fit; serialised into the pack's `dataset` / config fields and checked on resume."""
+
+    rank: int = 32
+    layers: list[int] | None = None  # None: every decoder layer
+    default_keep: float = 1 / 9
+    stage_b_steps: int = 300
+    stage_b_lr: float = 1e-2
+    loss: str = "mse+kl"  # or "mse" (the paper's loss alone)
+    held_out_fraction: float = 0.25
+    seed: int = 0
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class _LayerInput:
+    hidden: torch.Tensor  # (1, seq, hidden)
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    visual: torch.Tensor  # (1, seq) bool
+    valid: torch.Tensor  # (1, seq) bool
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, samples: Iterable[dict[str, torch.Tensor]]) -> list[_LayerInput]:
+    """Run each single-sample batch up to decoder layer 0 (vision tower, projector, embeddings) and keep its input."""
+    adapter = get_adapter(model)
+    first = adapter.decoder_layers(model)[0]
+    captured: dict[str, Any] = {}
+
+    def grab(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+        captured["pe"] = kwargs["position_embeddings"]
+        raise _StopForward
+
+    inputs = []
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for sample in samples:
+            if sample["input_ids"].shape[0] != 1:
+                raise ValueError("calibrate() takes single-sample batches (batch size 1).")
+            with contextlib.suppress(_StopForward):
+                model(**sample, use_cache=False)
+            visual = adapter.visual_mask(model, sample)
+            if visual is None or not bool(visual.any()):
+                raise ValueError("Every calibration sample needs an image: a sample has no visual tokens.")
+            mask = sample.get("attention_mask")
+            valid = torch.ones_like(visual) if mask is None else mask.bool()
+            cos, sin = captured["pe"]
+            inputs.append(_LayerInput(captured["hidden"], (cos, sin), visual.to(valid.device) & valid, valid))
+    finally:
+        handle.remove()
+    return inputs
+
+
+def calibrate(
+    model: nn.Module,
+    samples: Iterable[dict[str, torch.Tensor]],
+    config: CalibrationConfig | None = None,
+    output_dir: str | Path | None = None,
+    base_model: str | None = None,
+    dataset_info: dict[str, Any] | None = None,
+) -> SelectorPack:
+    """Fit a selector pack for `model` from single-sample model inputs (as the model's processor returns them).
+
+    With `output_dir`, each fitted layer is written to `output_dir/layers/` as soon as it is done and the finished
+    pack to `output_dir`; re-running with the same folder and settings resumes and yields the same pack.
+    """
+    config = config or CalibrationConfig()
+    adapter = get_adapter(model)
+    decoder_layers = adapter.decoder_layers(model)
+    text_config = adapter.text_config(model)
+    layers = list(range(len(decoder_layers))) if config.layers is None else sorted(config.layers)
+    progress_dir = None if output_dir is None else Path(output_dir) / "layers"
+    if progress_dir is not None:
+        _check_resume(progress_dir, config, model)
+
+    inputs = capture_layer_inputs(model, samples)
+    if len(inputs) < 2:
+        raise ValueError("calibrate() needs at least 2 samples (some are held out to measure the fit).")
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    n_held = max(1, round(len(inputs) * config.held_out_fraction))
+    held_ids = set(order[:n_held])
+
+    factors, temps, metrics = {}, {}, {}
+    bar = tqdm(range(max(layers) + 1), desc="Calibrating", unit="layer")
+    for i in bar:
+        layer = decoder_layers[i]
+        if i in layers:
+            bar.set_postfix(layer=f"{i + 1}/{len(decoder_layers)}")
+            saved = _load_layer(progress_dir, i)
+            if saved is None:
+                saved = _fit_layer(i, layer, adapter, inputs, held_ids, config)
+                _save_layer(progress_dir, i, *saved)
+            factors[i], temps[i], metrics[str(i)] = saved
+        with torch.no_grad():  # advance every sample through the full stock layer
+            for x in inputs:
+                mask = create_causal_mask(
+                    config=text_config, inputs_embeds=x.hidden, attention_mask=x.valid, past_key_values=None
+                )
+                x.hidden = layer(x.hidden, attention_mask=mask, position_embeddings=x.position_embeddings)
+    bar.close()
+
+    pack_config = SelectorConfig(
+        base_model=base_model or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        fingerprint=model_fingerprint(model),
+        rank=config.rank,
+        layers=layers,
+        default_keep=config.default_keep,
+        dataset=dict(dataset_info or {}, num_samples=len(inputs), seed=config.seed),
+        metrics=metrics,
+    )
+    pack = SelectorPack(pack_config, LowRankSelector(factors, temps))
+    if output_dir is not None:
+        pack.save_pretrained(output_dir)
+    return pack
+
+
+def _fit_layer(i, layer, adapter, inputs, held_ids, config):
+    """Statistics (oracle target, second moments in fp64), Stage A, Stage B and metrics for one layer."""
+    attn, norm = adapter.attention(layer), adapter.input_norm(layer)
+    dim = attn.q_proj.in_features
+    c_q = torch.zeros(dim, dim, dtype=torch.float64)
+    c_k = torch.zeros_like(c_q)
+    n_q = n_k = 0
+    train, held = [], []
+    with torch.no_grad():
+        for j, x in enumerate(inputs):
+            normed = norm(x.hidden)
+            target = attention_importance(attn, normed, x.position_embeddings, x.visual, x.valid)
+            sample = LayerSample(normed.float().cpu(), x.visual.cpu(), x.valid.cpu(), target.cpu())
+            (held if j in held_ids else train).append(sample)
+            if j in held_ids:
+                continue
+            queries, keys = sample.normed[sample.valid].double(), sample.normed[sample.visual].double()
+            c_q += queries.T @ queries
+            c_k += keys.T @ keys
+            n_q, n_k = n_q + len(queries), n_k + len(keys)
+    bilinear = merged_bilinear_form(attn).cpu()
+    pq, pk = fit_low_rank_selector(bilinear, c_q / n_q, c_k / n_k, config.rank)
+    proj_a, temp_a = torch.cat([pq, pk], dim=1).float(), torch.zeros(())
+    stage_a = layer_metrics(held, proj_a, temp_a)
+    proj, temp = proj_a, temp_a
+    if config.stage_b_steps > 0:
+        proj, temp = refine_selector(
+            proj_a, temp_a, train, held, config.stage_b_steps, config.stage_b_lr, config.loss, config.seed + i
+        )
+    stage_b = layer_metrics(held, proj, temp)
+    metrics = {f"A_{k}": v for k, v in stage_a.items()} | {f"AB_{k}": v for k, v in stage_b.items()}
+    return proj.detach(), temp.detach().reshape(()), metrics
+
+
+def _check_resume(progress_dir: Path, config: CalibrationConfig, model: nn.Module) -> None:
+    """A folder with earlier progress must come from the same settings and model, or nothing is resumed."""
+    stamp = {"config": dataclasses.asdict(config), "fingerprint": model_fingerprint(model)}
+    path = progress_dir / "run.json"
+    if path.is_file():
+        if json.loads(path.read_text()) != json.loads(json.dumps(stamp)):
+            raise ValueError(
+                f"{progress_dir} holds a calibration run with other settings or another model; use a new output "
+                "folder, or delete it to start over."
+            )
+        return
+    progress_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp, indent=2, sort_keys=True))
+
+
+def _load_layer(progress_dir: Path | None, i: int):
+    if progress_dir is None or not (progress_dir / f"layer_{i}.safetensors").is_file():
+        return None
+    tensors = load_file(progress_dir / f"layer_{i}.safetensors")
+    metrics = json.loads((progress_dir / f"layer_{i}.json").read_text())
+    return tensors["proj"], tensors["log_temp"], metrics
+
+
+def _save_layer(progress_dir: Path | None, i: int, proj, log_temp, metrics) -> None:
+    if progress_dir is None:
+        return
+    (progress_dir / f"layer_{i}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    save_file({"proj": proj.contiguous(), "log_temp": log_temp}, progress_dir / f"layer_{i}.safetensors")

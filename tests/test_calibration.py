@@ -1,0 +1,70 @@
+"""Calibration end to end on tiny models of every family; interrupted runs resume to the same pack."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import alvts
+import alvts.calibration as calibration
+from alvts import SelectorPack
+from alvts.calibration import CalibrationConfig, calibrate
+from alvts.testing import DEFAULT_IMAGES, tiny_inputs, tiny_model
+
+FAST = CalibrationConfig(rank=8, stage_b_steps=10)
+
+
+def _samples(model, n=5):
+    image = DEFAULT_IMAGES[model.config.model_type][0]
+    return [tiny_inputs(model, [[image]], seed=s) for s in range(n)]
+
+
+def test_calibrate_save_reload_apply_generate(family, tmp_path):
+    model = tiny_model(family, "sdpa")
+    pack = calibrate(model, _samples(model), FAST, output_dir=tmp_path)
+    assert pack.config.layers == [0, 1, 2, 3] and pack.config.rank == 8
+    assert {"A_recall@0.111", "AB_recall@0.111", "AB_spearman", "AB_l2"} <= set(pack.config.metrics["3"])
+    reloaded = SelectorPack.from_pretrained(tmp_path)
+    batch = tiny_inputs(model)
+    with alvts.routed(model, reloaded, keep=0.25), torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+        n = alvts.routing_state(model).visual.sum(1)
+        assert (alvts.routing_state(model).visual_kept() == (n * 0.25 + 1e-6).floor().long()).all()
+    assert out.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+def test_interrupted_calibration_resumes_to_identical_tensors(tmp_path, monkeypatch):
+    model = tiny_model("llava", "sdpa")
+    samples = _samples(model)
+    calibrate(model, samples, FAST, output_dir=tmp_path / "straight")
+
+    fit_layer, fitted = calibration._fit_layer, []
+
+    def crash_at_layer_2(i, *args):
+        if i == 2:
+            raise KeyboardInterrupt
+        fitted.append(i)
+        return fit_layer(i, *args)
+
+    monkeypatch.setattr(calibration, "_fit_layer", crash_at_layer_2)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(model, samples, FAST, output_dir=tmp_path / "resumed")
+    monkeypatch.setattr(calibration, "_fit_layer", lambda i, *args: fitted.append(i) or fit_layer(i, *args))
+    calibrate(model, samples, FAST, output_dir=tmp_path / "resumed")
+    assert fitted == [0, 1, 2, 3]  # layers 0 and 1 were not fitted again
+    straight = load_file(tmp_path / "straight" / "selectors.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "selectors.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    model = tiny_model("llava", "sdpa")
+    calibrate(model, _samples(model, 3), FAST, output_dir=tmp_path)
+    with pytest.raises(ValueError, match="holds a calibration run with other settings or another model"):
+        calibrate(model, _samples(model, 3), CalibrationConfig(rank=4, stage_b_steps=10), output_dir=tmp_path)
+
+
+def test_samples_without_an_image_are_refused():
+    model = tiny_model("llava", "sdpa")
+    with pytest.raises(ValueError, match="needs an image"):
+        calibrate(model, [tiny_inputs(model, [[]])] * 2, FAST)
