@@ -46,6 +46,16 @@ def apply(
     schedule = KeepSchedule.build(num_layers, keep, keep_tokens)
     if isinstance(policy, FullPolicy) and not all(schedule.is_dense(i) for i in range(num_layers)):
         raise ValueError("Policy 'full' keeps every visual token; use keep=1.0, or another policy to drop tokens.")
+    unfitted = [
+        i
+        for i in range(num_layers)
+        if not schedule.is_dense(i) and i not in getattr(policy, "factors", range(num_layers))
+    ]
+    if unfitted:
+        raise ValueError(
+            f"The selector has no factors for layers {unfitted}; give them keep 1.0 (a per-layer keep list), or leave "
+            "keep unset to use the pack's default schedule."
+        )
     router = Router(model, adapter, policy, schedule)
     router.install()
     setattr(base, _ROUTER_ATTR, router)

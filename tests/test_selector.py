@@ -41,7 +41,8 @@ def test_selector_routes_with_exact_budgets(family):
 
 def test_selector_without_factors_for_a_routed_layer_says_which():
     model = tiny_model("llava", "sdpa")
-    with alvts.routed(model, _selector(model, layers=[2, 3]), keep=0.25), pytest.raises(KeyError, match="layer 0"):
-        model(**tiny_inputs(model))
+    with pytest.raises(ValueError, match=r"no factors for layers \[0, 1\]; give them keep 1.0"):
+        alvts.apply(model, _selector(model, layers=[2, 3]), keep=0.25)
+    assert alvts.get_router(model) is None
     with alvts.routed(model, _selector(model, layers=[2, 3]), keep=[1.0, 1.0, 0.25, 0.25]), torch.no_grad():
         model(**tiny_inputs(model))
