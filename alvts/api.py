@@ -12,6 +12,7 @@ from torch import nn
 from .pack import SelectorPack
 from .policies import POLICIES, FullPolicy, Policy, get_policy
 from .routing import KeepSchedule, Router, RoutingState, get_adapter
+from .selector import LowRankSelector
 
 _ROUTER_ATTR = "_alvts_router"
 
@@ -46,11 +47,8 @@ def apply(
     schedule = KeepSchedule.build(num_layers, keep, keep_tokens)
     if isinstance(policy, FullPolicy) and not all(schedule.is_dense(i) for i in range(num_layers)):
         raise ValueError("Policy 'full' keeps every visual token; use keep=1.0, or another policy to drop tokens.")
-    unfitted = [
-        i
-        for i in range(num_layers)
-        if not schedule.is_dense(i) and i not in getattr(policy, "factors", range(num_layers))
-    ]
+    fitted = policy.factors if isinstance(policy, LowRankSelector) else range(num_layers)
+    unfitted = [i for i in range(num_layers) if not schedule.is_dense(i) and i not in fitted]
     if unfitted:
         raise ValueError(
             f"The selector has no factors for layers {unfitted}; give them keep 1.0 (a per-layer keep list), or leave "
