@@ -35,13 +35,11 @@ DEFAULT_IMAGES = {
 }
 
 
-def _text_config(cls, **overrides):
-    kw = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
-    )  # fmt: skip
-    kw.update(overrides)
-    return cls(**kw)
+# The tiny decoder every family shares: 4 layers, GQA with 4 query heads over 2 KV heads.
+TINY_TEXT = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+)  # fmt: skip
 
 
 def _clip_config() -> CLIPVisionConfig:
@@ -54,11 +52,8 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **
     """A tiny random model of `family` (fp32, eval mode) with a 4-layer, GQA (4 query / 2 KV heads) decoder."""
     torch.manual_seed(seed)
     if family in QWEN_FAMILIES:
-        text = dict(
-            vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS,
-            eos_token_id=EOS, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
-        )  # fmt: skip
+        mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4}
+        text = dict(TINY_TEXT, rope_parameters=mrope)
         text.update(text_overrides)
         if family == "qwen2_5_vl":
             vision = dict(
@@ -79,13 +74,13 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **
         )  # fmt: skip
     elif family == "llava":
         config = LlavaConfig(
-            vision_config=_clip_config(), text_config=_text_config(LlamaConfig, **text_overrides),
+            vision_config=_clip_config(), text_config=LlamaConfig(**(TINY_TEXT | text_overrides)),
             image_token_id=IMAGE_ID, vision_feature_layer=-2, vision_feature_select_strategy="default",
         )  # fmt: skip
         cls = LlavaForConditionalGeneration
     elif family == "llava_next":
         config = LlavaNextConfig(
-            vision_config=_clip_config(), text_config=_text_config(LlamaConfig, **text_overrides),
+            vision_config=_clip_config(), text_config=LlamaConfig(**(TINY_TEXT | text_overrides)),
             image_token_id=IMAGE_ID, vision_feature_layer=-2, vision_feature_select_strategy="default",
             image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
         )  # fmt: skip
