@@ -1,0 +1,21 @@
+"""The demo model: a small Qwen2.5-VL trained from scratch on the task suite, shipped inside the package.
+
+It loads like any Hub checkpoint, offline:
+
+    model = AutoModelForImageTextToText.from_pretrained(alvts.demo.DEMO_MODEL_PATH)
+    processor = alvts.load_processor(alvts.demo.DEMO_MODEL_PATH)
+
+`resolve_model("demo")` maps the alias to that folder, so every CLI accepts `--model demo`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEMO_MODEL_PATH = Path(__file__).parent / "model"
+ALIASES = {"demo": DEMO_MODEL_PATH}
+
+
+def resolve_model(name: str | Path) -> str:
+    """A model alias ("demo") as its local folder; anything else (a path or Hub id) unchanged."""
+    return str(ALIASES.get(str(name), name))

@@ -1,0 +1,180 @@
+"""Train the demo Qwen2.5-VL from scratch on the task suite and save it like a Hub checkpoint.
+
+    python -m alvts.demo.train --out alvts/demo/model
+
+Seeded and deterministic in its data order; the step count, not the clock, ends training. Writes the model, the
+processor, `training_log.json` and `loss_curve.png` to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+from ..inputs import collate, encode_example
+from ..tasks import EVAL_SEED, TASK_TYPES
+from .build import build_config, build_processor, build_tokenizer
+from .data import TrainingStream, held_out
+
+PROBE_SEED = EVAL_SEED + 1  # a held-out block for progress checks, disjoint from the final evaluation's
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of answer-token losses per example, answer tokens per example), next-token shifted."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return token_loss.sum(1), (labels != -100).sum(1)
+
+
+@torch.no_grad()
+def exact_match(model, batch: dict) -> torch.Tensor:
+    """Per example: every answer token is the argmax given the true prefix, which is what greedy decoding emits."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    scored = labels != -100
+    return ((logits.argmax(-1) == labels) | ~scored).all(1)
+
+
+def plot_curve(log: list[dict], path: Path, tasks: tuple[str, ...]) -> None:
+    """Training loss per task against step, log scale, as a small PNG (PIL only: no plotting dependency)."""
+    width, height, margin = 720, 420, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    steps = [row["step"] for row in log]
+    values = [row["loss_by_task"][t] for row in log for t in tasks if row["loss_by_task"].get(t)]
+    lo, hi = math.log10(max(min(values), 1e-4)), math.log10(max(values))
+    hi = max(hi, lo + 1e-3)
+
+    def xy(step: float, loss: float) -> tuple[float, float]:
+        x = margin + (width - 2 * margin) * step / max(steps[-1], 1)
+        y = height - margin - (height - 2 * margin) * (math.log10(max(loss, 1e-4)) - lo) / (hi - lo)
+        return x, y
+
+    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
+    colours = ("#d62728", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b")
+    for index, task in enumerate(tasks):
+        points = [xy(row["step"], row["loss_by_task"][task]) for row in log if row["loss_by_task"].get(task)]
+        if len(points) > 1:
+            draw.line(points, fill=colours[index % len(colours)], width=2)
+        draw.text((margin + 10 + 110 * index, 15), task, fill=colours[index % len(colours)])
+    for exponent in range(math.ceil(lo), math.floor(hi) + 1):
+        draw.text((5, xy(0, 10**exponent)[1] - 6), f"1e{exponent}", fill="black")
+    draw.text((width // 2 - 60, height - 30), f"step (0 .. {steps[-1]})", fill="black")
+    draw.text((margin, height - margin + 5), "answer-token loss per task (log scale)", fill="gray")
+    image.save(path)
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    model = Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).train()
+    pad_id = tokenizer.pad_token_id
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+
+    probe_examples = held_out(args.probe_per_task, PROBE_SEED)
+    probe = collate([encode_example(processor, e.image, e.question, e.answer) for e in probe_examples], pad_id)
+    probe_tasks = [e.task for e in probe_examples]
+
+    stream = TrainingStream(processor)
+    loader = DataLoader(
+        stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
+        persistent_workers=args.workers > 0,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    log, window, started = [], {t: [] for t in TASK_TYPES}, time.perf_counter()
+    for step, items in enumerate(loader):
+        if step >= args.steps:
+            break
+        tasks = [item.pop("task") for item in items]
+        batch = collate(items, pad_id)
+        labels = batch.pop("labels")
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss_sum, counts = per_example_loss(model(**batch).logits, labels)
+        loss = loss_sum.sum() / counts.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        for task, value, count in zip(tasks, loss_sum.tolist(), counts.tolist(), strict=True):
+            window[task].append(value / count)
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            row = {
+                "step": step + 1,
+                "seconds": round(time.perf_counter() - started, 1),
+                "lr": lr_at(step),
+                "loss_by_task": {t: sum(v) / len(v) for t, v in window.items() if v},
+            }
+            if (step + 1) % (args.log_every * args.probe_every) == 0 or step + 1 == args.steps:
+                model.eval()
+                hits = exact_match(model, probe).tolist()
+                model.train()
+                row["probe_accuracy"] = {
+                    t: sum(h for h, pt in zip(hits, probe_tasks, strict=True) if pt == t) / args.probe_per_task
+                    for t in TASK_TYPES
+                }
+            log.append(row)
+            window = {t: [] for t in TASK_TYPES}
+            print(json.dumps(row), flush=True)
+
+    elapsed = time.perf_counter() - started
+    model.eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id, do_sample=False, max_new_tokens=8
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    summary = {
+        "command": "python -m alvts.demo.train "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "device": f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads)",
+        "torch": torch.__version__,
+        "train_seconds": round(elapsed, 1),
+        "examples_seen": args.steps * args.batch_size,
+        "log": log,
+    }
+    (out / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    plot_curve(log, out / "loss_curve.png", TASK_TYPES)
+    print(f"trained {args.steps} steps in {elapsed / 60:.1f} min; saved to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="alvts/demo/model")
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--probe-every", type=int, default=4, help="probe accuracy every this many log lines")
+    parser.add_argument("--probe-per-task", type=int, default=40)
+    train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
