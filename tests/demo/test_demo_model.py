@@ -1,0 +1,104 @@
+"""The shipped demo model: loads offline through the Auto classes, answers held-out questions, ships in the wheel."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.utils import is_torchvision_available
+
+from alvts.demo import DEMO_MODEL_PATH, resolve_model
+from alvts.demo.data import held_out
+from alvts.evaluate import accuracy_by_task, generate_answers
+from alvts.processor import ImageOnlyQwen2_5_VLProcessor, load_processor
+from alvts.tasks import EVAL_SEED
+
+REPO = Path(__file__).resolve().parents[2]
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return AutoModelForImageTextToText.from_pretrained(DEMO_MODEL_PATH).eval(), load_processor(DEMO_MODEL_PATH)
+
+
+def test_alias_names_the_packaged_folder():
+    assert resolve_model("demo") == str(DEMO_MODEL_PATH)
+    assert resolve_model("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def test_loads_offline_through_the_auto_classes():
+    code = (
+        "from transformers import AutoModelForImageTextToText, AutoTokenizer, AutoImageProcessor\n"
+        "import alvts\n"
+        "path = alvts.demo.DEMO_MODEL_PATH\n"
+        "print(type(AutoModelForImageTextToText.from_pretrained(path)).__name__)\n"
+        "print(type(AutoImageProcessor.from_pretrained(path)).__name__, len(AutoTokenizer.from_pretrained(path)))\n"
+        "print(type(alvts.load_processor(path)).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=OFFLINE, capture_output=True, text=True, check=True)
+    lines = out.stdout.split("\n")
+    assert lines[0] == "Qwen2_5_VLForConditionalGeneration"
+    assert lines[1].startswith("Qwen2VLImageProcessor")
+    assert lines[2].endswith("Qwen2_5_VLProcessor")
+
+
+def test_answers_held_out_questions(demo):
+    model, processor = demo
+    examples = held_out(20, EVAL_SEED + 2)  # a block used by neither training nor the issue's evaluation
+    predictions = generate_answers(model, processor, [e.image for e in examples], [e.question for e in examples])
+    accuracy = accuracy_by_task([e.task for e in examples], [e.answer for e in examples], predictions)
+    assert accuracy["mean"] >= 0.95, accuracy
+
+
+@pytest.mark.parametrize(("size", "grid"), [((448, 448), (1, 32, 32)), ((336, 224), (1, 16, 24))])
+def test_processor_turns_an_image_into_the_documented_token_count(demo, size, grid):
+    _, processor = demo
+    out = processor(images=[Image.new("RGB", size)], text=["<|vision_start|><|image_pad|><|vision_end|>hi"])
+    tokens = grid[1] * grid[2] // 4  # 14 px patches merged 2 x 2: one token per 28 x 28 pixels
+    assert out["image_grid_thw"].tolist() == [list(grid)]
+    assert out["pixel_values"].shape == (grid[1] * grid[2], 3 * 2 * 14 * 14)
+    assert (out["input_ids"] == processor.image_token_id).sum() == tokens == size[0] * size[1] // 28**2
+
+
+def test_processor_round_trip(demo, tmp_path):
+    _, processor = demo
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
+    example = held_out(1, EVAL_SEED)[0]
+    kwargs = {"images": [example.image], "text": ["<|vision_start|><|image_pad|><|vision_end|>" + example.question]}
+    before, after = processor(**kwargs), load_processor(tmp_path)(**kwargs)
+    assert before.keys() == after.keys()
+    assert all((before[key] == after[key]).all() for key in before)
+
+
+def test_auto_processor_or_the_image_only_fallback():
+    if is_torchvision_available():
+        assert type(AutoProcessor.from_pretrained(DEMO_MODEL_PATH)).__name__ == "Qwen2_5_VLProcessor"
+    else:  # transformers 5.23 needs torchvision for any Qwen-VL processor (huggingface/transformers#48558)
+        with pytest.raises(ImportError, match="Torchvision"):
+            AutoProcessor.from_pretrained(DEMO_MODEL_PATH)
+        assert isinstance(load_processor(DEMO_MODEL_PATH), ImageOnlyQwen2_5_VLProcessor)
+
+
+def test_the_wheel_ships_the_model(tmp_path):
+    build = [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*build, "-w", str(tmp_path / "dist")], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("alvts-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "processor_config.json", "chat_template.jinja"):
+        assert f"alvts/demo/model/{name}" in names
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = (
+        "import alvts, transformers\n"
+        "assert alvts.__file__.startswith(%r), alvts.__file__\n"
+        "transformers.AutoModelForImageTextToText.from_pretrained(alvts.demo.DEMO_MODEL_PATH)\n"
+        "alvts.load_processor(alvts.demo.DEMO_MODEL_PATH)\n"
+    ) % str(tmp_path / "site")
+    env = {**OFFLINE, "PYTHONPATH": str(tmp_path / "site")}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=tmp_path)
