@@ -1,9 +1,11 @@
 """alvts: adaptive layer-wise visual token selection for vision-language models in transformers."""
 
+from . import demo
 from ._version import __version__
 from .api import apply, get_router, remove, routed, routing_state
 from .pack import SelectorConfig, SelectorPack
 from .policies import FullPolicy, LayerInputs, OraclePolicy, Policy, RandomPolicy, attention_importance, get_policy
+from .processor import load_processor
 from .routing import KeepSchedule, RoutedCache, supported_model_classes
 from .selector import LowRankSelector
 
@@ -21,6 +23,8 @@ __all__ = [
     "__version__",
     "apply",
     "attention_importance",
+    "demo",
+    "load_processor",
     "get_policy",
     "get_router",
     "remove",

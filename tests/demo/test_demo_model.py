@@ -96,9 +96,9 @@ def test_the_wheel_ships_the_model(tmp_path):
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     code = (
         "import alvts, transformers\n"
-        "assert alvts.__file__.startswith(%r), alvts.__file__\n"
+        f"assert alvts.__file__.startswith({str(tmp_path / 'site')!r}), alvts.__file__\n"
         "transformers.AutoModelForImageTextToText.from_pretrained(alvts.demo.DEMO_MODEL_PATH)\n"
         "alvts.load_processor(alvts.demo.DEMO_MODEL_PATH)\n"
-    ) % str(tmp_path / "site")
+    )
     env = {**OFFLINE, "PYTHONPATH": str(tmp_path / "site")}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=tmp_path)

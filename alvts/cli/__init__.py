@@ -1,0 +1,1 @@
+"""Command lines of alvts (entry points in pyproject.toml)."""

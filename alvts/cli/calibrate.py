@@ -1,0 +1,280 @@
+"""`alvts-calibrate`: fit a selector pack for a vision-language model from the command line.
+
+MODEL is a recipe alias (`calibrate/<alias>.toml` gives the defaults, flags override them), "demo", a local folder
+or a Hub id. Arguments and calibration data are checked before the model is loaded; bad arguments, unusable data and
+weights that are neither local nor downloadable end with one message on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants, get_token
+from PIL import Image
+from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers.utils import is_accelerate_available
+
+from ..calibration import CalibrationConfig, calibrate
+from ..data import BUILTIN_NAME, CalibrationDataError, load_calibration_rows
+from ..demo import resolve_model
+from ..inputs import encode_example
+from ..pack import SelectorPack
+from ..processor import load_processor
+from ..recipes import RECIPES_ENV, available_recipes, load_recipe
+from ..routing.adapters import ADAPTERS, supported_model_classes
+
+PROG = "alvts-calibrate"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+LOSSES = ("mse+kl", "mse")
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # what a Hub model id looks like; anything else is a local path
+
+
+class CommandError(Exception):
+    """A failure the user can fix; `main` prints its message and exits with status 2."""
+
+
+def parse_layers(spec: str) -> list[int] | None:
+    """`--layers`: "all" (None: every decoder layer) or indices and inclusive ranges such as "0-3,6"."""
+    if spec.strip() == "all":
+        return None
+    layers: set[int] = set()
+    for part in spec.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
+            raise argparse.ArgumentTypeError(f"invalid layer spec {spec!r}: use 'all' or indices and ranges, '0-3,6'")
+        layers.update(range(int(first), int(last if dash else first) + 1))
+    return sorted(layers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; defaults are CalibrationConfig's, a recipe's values replace them (see parse_args)."""
+    defaults = CalibrationConfig()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fit a selector pack (low-rank visual token selectors, one per decoder layer) for a model.",
+        epilog=f"Recipes found: {', '.join(available_recipes()) or 'none'} (searched in ${RECIPES_ENV}, ./calibrate/ "
+        "and the alvts checkout's calibrate/).",
+    )
+    add = parser.add_argument
+    add("--model", required=True, help="recipe alias, 'demo', local model folder or Hub model id")
+    add("--rank", type=int, help="selector rank (required unless the recipe sets it)")
+    add("--dataset", help="Hub dataset id, or a local folder / .jsonl / .json / .parquet file (default: task suite)")
+    add("--split", default="train", help="dataset split (default: %(default)s)")
+    add("--image-column", default="image", help="column of images or image paths (default: %(default)s)")
+    add("--text-column", default="question", help="column of prompts, e.g. questions (default: %(default)s)")
+    add("--num-samples", type=int, default=256, help="calibration samples, at least 2 (default: %(default)s)")
+    add("--layers", type=parse_layers, default="all", help="decoder layers to fit: 'all' or e.g. '0-3,6'")
+    add("--default-keep", type=float, default=defaults.default_keep, help="the pack's default keep ratio (0, 1]")
+    add("--out", type=Path, help="output folder (default: selectors/<alias or model name>-r<rank>)")
+    add("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: CUDA if available (default)")
+    add("--dtype", choices=DTYPES, help="model weights dtype (default: bf16 on CUDA, fp32 on CPU)")
+    add("--seed", type=int, default=defaults.seed, help="held-out split, refinement and local data order")
+    add("--stage-b-steps", type=int, default=defaults.stage_b_steps, help="refinement steps per layer, 0 to skip")
+    add("--loss", choices=LOSSES, default=defaults.loss, help="refinement loss (default: %(default)s)")
+    add("--push-to-hub", metavar="REPO", help="also upload the pack to this Hub model repo")
+    add("--trust-remote-code", action="store_true", help="allow model code from the Hub repo to run")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags over the recipe's values over the defaults, checked; `model` becomes the model to load."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    alias = args.model
+    try:
+        recipe = load_recipe(alias)
+    except ValueError as err:
+        parser.error(str(err))
+    if recipe is not None:
+        model = recipe.pop("model")
+        parser.set_defaults(**recipe)
+        args = parser.parse_args(argv)
+        args.model = model
+    _check_args(parser, args, has_recipe=recipe is not None)
+    if args.out is None:
+        name = alias if recipe is not None else Path(args.model.rstrip("/")).name
+        args.out = Path("selectors") / f"{name}-r{args.rank}"
+    return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, has_recipe: bool) -> None:
+    """Refuse values no run can use, from the command line or a recipe, before any data or model is loaded."""
+    if args.rank is None:
+        parser.error(f"--rank is required{'' if has_recipe else f': {args.model!r} is no recipe alias'}")
+    checks = [
+        (args.rank >= 1, f"--rank must be at least 1, got {args.rank}"),
+        (args.num_samples >= 2, f"--num-samples must be at least 2 (some are held out), got {args.num_samples}"),
+        (args.stage_b_steps >= 0, f"--stage-b-steps must be 0 or more, got {args.stage_b_steps}"),
+        (0 < args.default_keep <= 1, f"--default-keep must be in (0, 1], got {args.default_keep}"),
+        (args.dtype is None or args.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}"),
+        (args.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {args.loss!r}"),
+        (args.device != "cuda" or torch.cuda.is_available(), "--device cuda, but no CUDA device is available"),
+        (
+            not args.push_to_hub or get_token() is not None,
+            "--push-to-hub needs a Hugging Face login: run `hf auth login` or set HF_TOKEN",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+
+
+def load_model_and_processor(
+    model_id: str, device: str, dtype: str | None, layers: list[int] | None = None, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The processor and config first (small files: missing files, an unsupported family or out-of-range `layers`
+    show before the weights load), then the model with sdpa attention in eval mode; device "auto" is CUDA if
+    available, spread by accelerate where it is installed."""
+    path = resolve_model(model_id)
+    target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    spread = device == "auto" and is_accelerate_available()
+    try:
+        processor = load_processor(path, **kwargs)
+        _check_config(model_id, AutoConfig.from_pretrained(path, **kwargs), layers)
+        model = AutoModelForImageTextToText.from_pretrained(
+            path,
+            dtype=DTYPES[dtype or ("bf16" if target == "cuda" else "fp32")],
+            attn_implementation="sdpa",
+            **({"device_map": "auto"} if spread else {}),
+            **kwargs,
+        )
+    except OSError as err:
+        raise CommandError(_weights_help(model_id, path, err)) from None
+    except ValueError as err:
+        raise CommandError(f"Cannot load {model_id!r} as an image-text-to-text model: {_first_line(err)}") from None
+    if not spread:
+        model.to(target)
+    return model.eval(), processor
+
+
+def _check_config(model_id: str, config: PretrainedConfig, layers: list[int] | None) -> None:
+    """Refuse a model family alvts cannot route, or `--layers` past the model's last decoder layer."""
+    if config.model_type not in ADAPTERS:
+        raise CommandError(
+            f"alvts does not support {model_id!r} (model_type {config.model_type!r}); supported model classes: "
+            f"{', '.join(supported_model_classes())}."
+        )
+    num_layers = config.get_text_config().num_hidden_layers
+    if layers is not None and layers[-1] >= num_layers:
+        raise CommandError(f"--layers asks for layer {layers[-1]}; {model_id} has layers 0-{num_layers - 1}.")
+
+
+def _weights_help(model_id: str, path: str, err: Exception) -> str:
+    """What was tried for weights that would not load, and how to get them."""
+    if Path(path).exists():
+        return (
+            f"Cannot load the model in {path} ({_first_line(err)}); the folder needs the config, weights and "
+            "processor files that the model's and the processor's save_pretrained write."
+        )
+    if not HUB_ID.fullmatch(path):
+        return (
+            f"No model folder at {path}. Pass --model a folder written by save_pretrained, a Hub model id, or a "
+            f"recipe alias ({', '.join(available_recipes()) or 'none found'})."
+        )
+    hint = (
+        "HF_HUB_OFFLINE is set, so nothing is downloaded: unset it, or download the weights while online."
+        if constants.HF_HUB_OFFLINE
+        else "Check the id and your connection; gated or private models need `hf auth login` first."
+    )
+    return (
+        f"Cannot load model {model_id!r}: it is not a local folder, and it is not in the Hugging Face cache or could "
+        f"not be downloaded ({_first_line(err)}). {hint} Get the weights with `hf download {path}` (older "
+        f"huggingface_hub: `huggingface-cli download {path}`), or pass --model a local folder."
+    )
+
+
+def _first_line(err: Exception) -> str:
+    """The gist of an error message, which for Hub errors runs on for lines."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def encode_samples(
+    processor: ProcessorMixin, rows: Sequence[tuple[Image.Image, str]], device: torch.device
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Single-sample model inputs (the prompt through the chat template, no answer) on `device`, one at a time."""
+    for image, text in rows:
+        yield {key: value.to(device) for key, value in encode_example(processor, image, text).items()}
+
+
+def metrics_table(pack: SelectorPack) -> str:
+    """Per-layer held-out agreement with the oracle: recall at the ratio nearest the default keep, Spearman, L2."""
+    metrics = pack.config.metrics
+    ratios = [name.removeprefix("AB_recall@") for name in next(iter(metrics.values())) if "AB_recall@" in name]
+    ratio = min(ratios, key=lambda r: abs(float(r) - pack.config.default_keep))
+    columns = {
+        f"A_recall@{ratio}": f"recall@{ratio} stage A",
+        f"AB_recall@{ratio}": f"recall@{ratio} A+B",
+        "AB_spearman": "spearman A+B",
+        "AB_l2": "L2 A+B",
+    }
+    lines = ["layer  " + "  ".join(columns.values())]
+    for layer, values in sorted(metrics.items(), key=lambda item: int(item[0])):
+        lines.append(f"{layer:>5}  " + "  ".join(f"{values[key]:>{len(head)}.3f}" for key, head in columns.items()))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load and check the data, then the model, calibrate, report, and push if asked."""
+    try:
+        rows = load_calibration_rows(
+            args.dataset, args.split, args.image_column, args.text_column, args.num_samples, args.seed
+        )
+    except CalibrationDataError as err:
+        raise CommandError(str(err)) from None
+    print(f"Calibrating {args.model} on {len(rows)} samples from {args.dataset or BUILTIN_NAME} into {args.out}")
+    model, processor = load_model_and_processor(
+        args.model, args.device, args.dtype, args.layers, args.trust_remote_code
+    )
+    config = CalibrationConfig(
+        rank=args.rank,
+        layers=args.layers,
+        default_keep=args.default_keep,
+        stage_b_steps=args.stage_b_steps,
+        loss=args.loss,
+        seed=args.seed,
+    )
+    dataset_info = {
+        "name": args.dataset or BUILTIN_NAME,
+        "split": args.split,
+        "image_column": args.image_column,
+        "text_column": args.text_column,
+    }
+    samples = encode_samples(processor, rows, model.device)
+    try:
+        pack = calibrate(model, samples, config, args.out, base_model=args.model, dataset_info=dataset_info)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    print("Held-out agreement with the attention oracle (stage A: closed form; A+B: after refinement):")
+    print(metrics_table(pack))
+    print(f"Saved the selector pack to {args.out}; use it with alvts.apply(model, {str(args.out)!r}).")
+    if args.push_to_hub:
+        try:
+            print(f"Pushed to {pack.push_to_hub(args.push_to_hub)}")
+        except OSError as err:
+            raise CommandError(
+                f"Pushing to {args.push_to_hub!r} failed ({_first_line(err)}); the pack is saved in {args.out}. Push "
+                f"it later with SelectorPack.from_pretrained({str(args.out)!r}).push_to_hub({args.push_to_hub!r})."
+            ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`alvts-calibrate`: exit status 0 on success, 2 with one message for anything the user can fix."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except CommandError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to resume from {args.out}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
