@@ -8,6 +8,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2VLImage
 
 from ..processor import ImageOnlyQwen2_5_VLProcessor
 from ..tasks import TASK_TYPES, make_example
+from ..tasks.vocab import BACKGROUND
 
 SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
@@ -56,7 +57,13 @@ def build_tokenizer(vocab_size: int = 320, examples_per_task: int = 200) -> PreT
 def build_processor(tokenizer: PreTrainedTokenizerFast) -> ImageOnlyQwen2_5_VLProcessor:
     """The stock Qwen2-VL PIL image processor (14 px patches, 2 x 2 merge) with the demo tokenizer and template."""
     pixels = IMAGE_SIZE * IMAGE_SIZE
-    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 4 * pixels})
+    # Normalised so the suite's background is exactly zero: at init, with CLIP statistics, the background dominates
+    # every visual token and a from-scratch model learns to ignore the image (every task stays at chance).
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 56 * 56, "longest_edge": 4 * pixels},
+        image_mean=[channel / 255 for channel in BACKGROUND],
+        image_std=[0.3, 0.3, 0.3],
+    )
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
 
 
@@ -66,7 +73,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
     text = dict(
         vocab_size=len(tokenizer), hidden_size=192, intermediate_size=480, num_hidden_layers=4,
         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0},
+        rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10.0},
         bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )  # fmt: skip
     vision = dict(
