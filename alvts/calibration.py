@@ -36,6 +36,7 @@ class CalibrationConfig:
     stage_b_steps: int = 300
     stage_b_lr: float = 1e-2
     loss: str = "mse+kl"  # or "mse" (the paper's loss alone)
+    init: str = "whitened"  # Stage A on data-whitened B, or "svd": the paper's data-free truncated SVD of B
     held_out_fraction: float = 0.25
     seed: int = 0
 
@@ -102,6 +103,13 @@ def calibrate(
     decoder_layers = adapter.decoder_layers(model)
     text_config = adapter.text_config(model)
     layers = list(range(len(decoder_layers))) if config.layers is None else sorted(config.layers)
+    if not layers or not all(0 <= i < len(decoder_layers) for i in layers):
+        last = len(decoder_layers) - 1
+        raise ValueError(f"layers {config.layers} out of range: the model has decoder layers 0-{last}")
+    if config.init not in ("whitened", "svd") or config.loss not in ("mse+kl", "mse"):
+        raise ValueError(
+            f"init must be 'whitened' or 'svd' and loss 'mse+kl' or 'mse', got {config.init!r}, {config.loss!r}"
+        )
     progress_dir = None if output_dir is None else Path(output_dir) / "layers"
     if progress_dir is not None:
         _check_resume(progress_dir, config, model)
@@ -168,6 +176,9 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config):
             c_k += keys.T @ keys
             n_q, n_k = n_q + len(queries), n_k + len(keys)
     bilinear = merged_bilinear_form(attn).cpu()
+    if config.init == "svd":
+        c_q = c_k = torch.eye(dim, dtype=torch.float64)
+        n_q = n_k = 1
     pq, pk = fit_low_rank_selector(bilinear, c_q / n_q, c_k / n_k, config.rank)
     proj_a, temp_a = torch.cat([pq, pk], dim=1).float(), torch.zeros(())
     stage_a = layer_metrics(held, proj_a, temp_a)

@@ -8,6 +8,8 @@ import alvts
 import alvts.calibration as calibration
 from alvts import SelectorPack
 from alvts.calibration import CalibrationConfig, calibrate
+from alvts.fit import merged_bilinear_form
+from alvts.routing import get_adapter
 from alvts.testing import DEFAULT_IMAGES, tiny_inputs, tiny_model
 
 FAST = CalibrationConfig(rank=8, stage_b_steps=10)
@@ -68,3 +70,31 @@ def test_samples_without_an_image_are_refused():
     model = tiny_model("llava", "sdpa")
     with pytest.raises(ValueError, match="needs an image"):
         calibrate(model, [tiny_inputs(model, [[]])] * 2, FAST)
+
+
+def test_svd_init_is_the_data_free_truncated_svd_of_the_merged_form():
+    model = tiny_model("llava", "sdpa")
+    config = CalibrationConfig(rank=4, layers=[1], stage_b_steps=0, init="svd")
+    pack = calibrate(model, _samples(model, 3), config)
+    adapter = get_adapter(model)
+    attention = adapter.attention(adapter.decoder_layers(model)[1])
+    u, s, vh = torch.linalg.svd(merged_bilinear_form(attention))
+    expected = (u[:, :4] * s[:4]) @ vh[:4]
+    pq, pk = pack.selector.factors[1].double().chunk(2, dim=1)
+    assert torch.allclose(pq @ pk.T, expected, atol=1e-5)
+    whitened = calibrate(model, _samples(model, 3), CalibrationConfig(rank=4, layers=[1], stage_b_steps=0))
+    assert not torch.allclose(whitened.selector.factors[1], pack.selector.factors[1])
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (CalibrationConfig(layers=[7]), r"out of range: the model has decoder layers 0-3"),
+        (CalibrationConfig(init="random"), "init must be 'whitened' or 'svd'"),
+    ],
+)
+def test_bad_settings_are_refused_before_model_work(config, message, monkeypatch):
+    model = tiny_model("llava", "sdpa")
+    monkeypatch.setattr(calibration, "capture_layer_inputs", lambda *a: pytest.fail("ran the model"))
+    with pytest.raises(ValueError, match=message):
+        calibrate(model, _samples(model, 2), config)

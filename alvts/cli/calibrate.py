@@ -31,6 +31,7 @@ from ..routing.adapters import ADAPTERS, supported_model_classes
 PROG = "alvts-calibrate"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LOSSES = ("mse+kl", "mse")
+INITS = ("whitened", "svd")
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # what a Hub model id looks like; anything else is a local path
 
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=defaults.seed, help="held-out split, refinement and local data order")
     add("--stage-b-steps", type=int, default=defaults.stage_b_steps, help="refinement steps per layer, 0 to skip")
     add("--loss", choices=LOSSES, default=defaults.loss, help="refinement loss (default: %(default)s)")
+    add("--init", choices=INITS, default=defaults.init, help="Stage A: data-whitened, or the data-free SVD of B")
     add("--push-to-hub", metavar="REPO", help="also upload the pack to this Hub model repo")
     add("--trust-remote-code", action="store_true", help="allow model code from the Hub repo to run")
     return parser
@@ -113,6 +115,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, has_r
         (0 < args.default_keep <= 1, f"--default-keep must be in (0, 1], got {args.default_keep}"),
         (args.dtype is None or args.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}"),
         (args.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {args.loss!r}"),
+        (args.init in INITS, f"--init must be one of {', '.join(INITS)}, got {args.init!r}"),
         (args.device != "cuda" or torch.cuda.is_available(), "--device cuda, but no CUDA device is available"),
         (
             not args.push_to_hub or get_token() is not None,
@@ -237,6 +240,7 @@ def run(args: argparse.Namespace) -> None:
         default_keep=args.default_keep,
         stage_b_steps=args.stage_b_steps,
         loss=args.loss,
+        init=args.init,
         seed=args.seed,
     )
     dataset_info = {

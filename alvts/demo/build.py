@@ -73,7 +73,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
     text = dict(
         vocab_size=len(tokenizer), hidden_size=192, intermediate_size=480, num_hidden_layers=4,
         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10.0},
+        rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 100.0},
         bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )  # fmt: skip
     vision = dict(

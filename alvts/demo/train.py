@@ -24,7 +24,7 @@ from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 from ..inputs import collate, encode_example
 from ..tasks import EVAL_SEED, TASK_TYPES
 from .build import build_config, build_processor, build_tokenizer
-from .data import TrainingStream, held_out
+from .data import NUM_CENTRE_CLASSES, NUM_COLOUR_CLASSES, TrainingStream, held_out
 
 PROBE_SEED = EVAL_SEED + 1  # a held-out block for progress checks, disjoint from the final evaluation's
 
@@ -95,7 +95,12 @@ def train(args: argparse.Namespace) -> None:
         stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
         persistent_workers=args.workers > 0,
     )  # fmt: skip
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    # Training-only dense head on the merged visual tokens (see token_targets); it is not part of the saved model.
+    token_head = torch.nn.Linear(model.config.text_config.hidden_size, NUM_COLOUR_CLASSES + NUM_CENTRE_CLASSES)
+    visual_tokens = []
+    model.model.visual.register_forward_hook(lambda module, args, output: visual_tokens.append(output.pooler_output))
+    parameters = [*model.parameters(), *token_head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -103,20 +108,27 @@ def train(args: argparse.Namespace) -> None:
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    log, window, started = [], {t: [] for t in TASK_TYPES}, time.perf_counter()
+    log, window, token_window, started = [], {t: [] for t in TASK_TYPES}, [], time.perf_counter()
     for step, items in enumerate(loader):
         if step >= args.steps:
             break
         tasks = [item.pop("task") for item in items]
+        targets = torch.cat([item.pop("token_targets") for item in items])
         batch = collate(items, pad_id)
         labels = batch.pop("labels")
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
+        visual_tokens.clear()
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
+        token_logits = token_head(visual_tokens[0])
+        token_loss = F.cross_entropy(token_logits[:, :NUM_COLOUR_CLASSES], targets[:, 0]) + F.cross_entropy(
+            token_logits[:, NUM_COLOUR_CLASSES:], targets[:, 1]
+        )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (loss + args.token_loss_weight * token_loss).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        token_window.append(token_loss.item())
         optimizer.step()
         for task, value, count in zip(tasks, loss_sum.tolist(), counts.tolist(), strict=True):
             window[task].append(value / count)
@@ -126,6 +138,7 @@ def train(args: argparse.Namespace) -> None:
                 "seconds": round(time.perf_counter() - started, 1),
                 "lr": lr_at(step),
                 "loss_by_task": {t: sum(v) / len(v) for t, v in window.items() if v},
+                "token_loss": sum(token_window) / len(token_window),
             }
             if (step + 1) % (args.log_every * args.probe_every) == 0 or step + 1 == args.steps:
                 model.eval()
@@ -136,7 +149,7 @@ def train(args: argparse.Namespace) -> None:
                     for t in TASK_TYPES
                 }
             log.append(row)
-            window = {t: [] for t in TASK_TYPES}
+            window, token_window = {t: [] for t in TASK_TYPES}, []
             print(json.dumps(row), flush=True)
 
     elapsed = time.perf_counter() - started
@@ -168,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--token-loss-weight", type=float, default=1.0, help="weight of the dense visual-token loss")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=50)
