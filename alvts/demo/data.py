@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import IterableDataset
 
-from ..inputs import encode_example
-from ..tasks import TASK_TYPES, TRAIN_SEED, Example, example_seed, make_example
+from ..inputs import ANSWER_END, prompt_text
+from ..tasks import TASK_TYPES, TRAIN_SEED, Example, answer_for, example_seed, make_example, question_for
 from ..tasks.font import GLYPH_GAP, GLYPH_HEIGHT, GLYPH_WIDTH
-from ..tasks.scenes import COLOUR_NAMES
-from ..tasks.vocab import BACKGROUND, COLOURS, SHAPES, TEXT_COLOUR
+from ..tasks.geometry import is_unambiguous
+from ..tasks.scenes import COLOUR_NAMES, GRID
+from ..tasks.vocab import BACKGROUND, COLOURS, COMBOS, DIRECTIONS, SHAPES, TEXT_COLOUR
 
 TOKEN_PIXELS = 28  # one merged visual token covers 28 x 28 pixels
 STRIDE = 4
@@ -51,18 +53,82 @@ def token_targets(example: Example) -> torch.Tensor:
     return torch.stack([colour.flatten(), centre.flatten()], 1)
 
 
-class TrainingStream(IterableDataset):
-    """Endless training examples, task types in turn, example seeds from the training block: deterministic order."""
+def _queries(scene: dict, rng: random.Random) -> list[dict]:
+    """Every other query of the scene's task about the same scene, shuffled (existence: yes and no alternate)."""
+    task, objects = scene["task"], scene["objects"]
+    if task == "lookup":
+        queries = [{"row": r, "col": c} for r in range(1, GRID + 1) for c in range(1, GRID + 1)]
+    elif task == "counting":
+        queries = [{"colour": colour} for colour in sorted({obj["colour"] for obj in objects})]
+    elif task == "existence":
+        present = sorted({(obj["colour"], obj["shape"]) for obj in objects})
+        absent = [combo for combo in COMBOS if combo not in present]
+        rng.shuffle(present)
+        rng.shuffle(absent)
+        pairs = [combo for pair in zip(present, absent, strict=False) for combo in pair]
+        return [{"colour": c, "shape": s} for c, s in pairs if {"colour": c, "shape": s} != scene["query"]]
+    elif task == "relation":
+        centres = [obj["centre"] for obj in objects]
+        queries = [
+            {"anchor": a, "direction": d}
+            for a in range(len(objects))
+            for d in DIRECTIONS
+            if is_unambiguous(centres, a, d)
+        ]
+    else:
+        return []  # reading has one question per image
+    rng.shuffle(queries)
+    return [query for query in queries if query != scene["query"]]
 
-    def __init__(self, processor, tasks: Sequence[str] = TASK_TYPES, start: int = 0):
-        self.processor, self.tasks, self.start = processor, tuple(tasks), start
+
+def conversation(example: Example, turns: int, rng: random.Random) -> list[tuple[str, str]]:
+    """(question, answer) turns about one image: the example's own first, then up to turns - 1 distinct other
+    queries (never a repeat, which could be answered by copying)."""
+    qa = [(example.question, example.answer)]
+    for query in _queries(example.scene, rng)[: turns - 1]:
+        scene = {**example.scene, "query": query}
+        qa.append((question_for(scene), answer_for(scene)))
+    return qa
+
+
+def encode_conversation(processor, image, turns: Sequence[tuple[str, str]]) -> dict:
+    """Processor outputs for a multi-turn chat about one image, with `labels` on every answer and its end token
+    (the first turn is exactly what inference sees)."""
+    text = prompt_text(processor, turns[0][0]) + turns[0][1] + ANSWER_END
+    for question, answer in turns[1:]:
+        messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
+        text += "\n" + processor.apply_chat_template(messages, add_generation_prompt=True) + answer + ANSWER_END
+    encoded = dict(processor(images=[image], text=[text], return_tensors="pt"))
+    ids = encoded["input_ids"][0]
+    tokenizer = processor.tokenizer
+    start = tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
+    end = tokenizer.convert_tokens_to_ids(ANSWER_END)
+    labels = torch.full_like(ids, -100)
+    inside = False
+    for position in range(len(ids)):
+        if inside:
+            labels[position] = ids[position]
+            inside = ids[position].item() != end
+        elif ids[position - len(start) + 1 : position + 1].tolist() == start:
+            inside = True
+    encoded["labels"] = labels[None]
+    return encoded
+
+
+class TrainingStream(IterableDataset):
+    """Endless training examples, task types in turn, example seeds from the training block: deterministic order.
+    Each image carries up to `turns` questions (more answer tokens per forward pass of its 256 visual tokens)."""
+
+    def __init__(self, processor, tasks: Sequence[str] = TASK_TYPES, start: int = 0, turns: int = 1):
+        self.processor, self.tasks, self.start, self.turns = processor, tuple(tasks), start, turns
 
     def __iter__(self) -> Iterator[dict]:
         index = self.start
         while True:
             task = self.tasks[index % len(self.tasks)]
             example = make_example(task, example_seed(TRAIN_SEED, index // len(self.tasks)))
-            encoded = encode_example(self.processor, example.image, example.question, example.answer)
+            turns = conversation(example, self.turns, random.Random(example.seed))
+            encoded = encode_conversation(self.processor, example.image, turns)
             yield {**encoded, "task": task, "token_targets": token_targets(example)}
             index += 1
 

@@ -90,7 +90,7 @@ def train(args: argparse.Namespace) -> None:
     probe = collate([encode_example(processor, e.image, e.question, e.answer) for e in probe_examples], pad_id)
     probe_tasks = [e.task for e in probe_examples]
 
-    stream = TrainingStream(processor)
+    stream = TrainingStream(processor, args.tasks, turns=args.turns)
     loader = DataLoader(
         stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
         persistent_workers=args.workers > 0,
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES)
+    parser.add_argument("--turns", type=int, default=4, help="questions per training image (answers all scored)")
     parser.add_argument("--token-loss-weight", type=float, default=1.0, help="weight of the dense visual-token loss")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
