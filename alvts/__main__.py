@@ -1,18 +1,30 @@
-"""`python -m alvts`: route a tiny random model of each family offline and show what routing does.
+"""`python -m alvts`: the offline main job on the shipped demo model.
 
-Checks keep-1.0 parity against the stock model, then routes with a policy at a budget and prints, per layer and
-sample, the visual tokens that went through and the keys each layer's cache holds. (Until the demo checkpoint
-ships, this is the offline main job: no weights are downloaded.)
+Checks keep-1.0 parity (greedy answers of the routed model equal the stock model's), then scores held-out task-suite
+questions at full tokens, with blank images, and at keep 0.11 with random tokens, the oracle and the fitted selector
+pack in selectors/demo (when the checkout has it). `--tiny` instead routes a tiny random model of each family and
+prints, per layer and sample, the visual tokens that went through and the keys each layer's cache holds.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
+from transformers import AutoModelForImageTextToText
 
 import alvts
+from alvts.demo import DEMO_MODEL_PATH
+from alvts.demo.data import held_out
+from alvts.demo.experiments import print_table
+from alvts.demo.experiments import run as run_experiments
+from alvts.evaluate import generate_answers
+from alvts.processor import load_processor
+from alvts.tasks import EVAL_SEED
 from alvts.testing import FAMILIES, tiny_inputs, tiny_model
+
+DEMO_PACK = Path(__file__).resolve().parents[1] / "selectors" / "demo"
 
 # Two samples with different visual token counts per family (see alvts.testing.DEFAULT_IMAGES).
 DEMO_IMAGES = {
@@ -50,17 +62,37 @@ def run(family: str, policy: str, keep: float, attn: str, new_tokens: int) -> No
           f"{cache.get_seq_length()}")  # fmt: skip
 
 
+def run_demo(num_per_task: int, keep: float) -> None:
+    model = AutoModelForImageTextToText.from_pretrained(DEMO_MODEL_PATH).eval()
+    processor = load_processor(DEMO_MODEL_PATH)
+    examples = held_out(2, EVAL_SEED)
+    images, questions = [e.image for e in examples], [e.question for e in examples]
+    stock = generate_answers(model, processor, images, questions)
+    with alvts.routed(model, "full"):
+        same = generate_answers(model, processor, images, questions) == stock
+    print(f"demo model {DEMO_MODEL_PATH}: keep 1.0 greedy answers equal the stock model's: {same}")
+    pack = str(DEMO_PACK) if (DEMO_PACK / "selector_config.json").is_file() else None
+    if pack is None:
+        print(f"(no selector pack at {DEMO_PACK}: fit one with `alvts-calibrate --model demo --out {DEMO_PACK}`)")
+    print_table(run_experiments(str(DEMO_MODEL_PATH), num_per_task, keep, EVAL_SEED, 25, pack), num_per_task)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m alvts", description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=[*FAMILIES, "all"], default="all")
-    parser.add_argument("--policy", default="oracle", help="full, random or oracle")
-    parser.add_argument("--keep", type=float, default=0.25, help="ratio of each sample's visual tokens, in (0, 1]")
-    parser.add_argument("--attn", choices=["eager", "sdpa"], default="sdpa")
-    parser.add_argument("--new-tokens", type=int, default=4)
+    parser.add_argument("--num-per-task", type=int, default=20, help="held-out questions per task (demo)")
+    parser.add_argument("--keep", type=float, help="ratio of each sample's visual tokens, in (0, 1]")
+    parser.add_argument("--tiny", action="store_true", help="route tiny random models of every family instead")
+    parser.add_argument("--family", choices=[*FAMILIES, "all"], default="all", help="with --tiny")
+    parser.add_argument("--policy", default="oracle", help="with --tiny: full, random or oracle")
+    parser.add_argument("--attn", choices=["eager", "sdpa"], default="sdpa", help="with --tiny")
+    parser.add_argument("--new-tokens", type=int, default=4, help="with --tiny")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    if not args.tiny:
+        run_demo(args.num_per_task, args.keep or 0.11)
+        return
     for family in FAMILIES if args.family == "all" else [args.family]:
-        run(family, args.policy, args.keep, args.attn, args.new_tokens)
+        run(family, args.policy, args.keep or 0.25, args.attn, args.new_tokens)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Does the demo model use its visual tokens? Accuracy per task at full tokens, with blank images, and with a random
-subset of visual tokens per layer through the runtime.
+"""Does the demo model use its visual tokens? Accuracy per task at full tokens, with blank images, and at keep ratio
+`keep` per layer through the runtime: random tokens, the oracle's top-k, and a fitted selector pack if given.
 
-    python -m alvts.demo.experiments --num-per-task 100 [--json OUT]
+    python -m alvts.demo.experiments --num-per-task 100 [--pack selectors/demo] [--json OUT]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from .. import RandomPolicy, routed
+from .. import RandomPolicy, SelectorPack, routed
 from ..evaluate import accuracy_by_task, generate_answers
 from ..processor import load_processor
 from ..tasks import EVAL_SEED, TASK_TYPES
@@ -23,8 +23,10 @@ from . import DEMO_MODEL_PATH
 from .data import held_out
 
 
-def run(model_path: str, num_per_task: int, keep: float, seed: int, batch_size: int) -> dict[str, dict[str, float]]:
-    """Accuracy per task (and mean) for each condition: full, blank, random at `keep`, oracle at `keep`."""
+def run(
+    model_path: str, num_per_task: int, keep: float, seed: int, batch_size: int, pack: str | None = None
+) -> dict[str, dict[str, float]]:
+    """Accuracy per task (and mean) for each condition: full, blank, random / oracle / the pack at `keep`."""
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
     examples = held_out(num_per_task, seed)
@@ -39,12 +41,22 @@ def run(model_path: str, num_per_task: int, keep: float, seed: int, batch_size: 
         with routed(model, policy, keep=keep):
             return accuracy_by_task(tasks, answers, generate_answers(model, processor, images, questions, batch_size))
 
-    return {
+    table = {
         "full": score(images),
         "blank image": score(blanks),
         f"random keep {keep}": score(images, RandomPolicy(seed)),
         f"oracle keep {keep}": score(images, "oracle"),
     }
+    if pack is not None:
+        table[f"selector keep {keep}"] = score(images, SelectorPack.from_pretrained(pack))
+    return table
+
+
+def print_table(table: dict[str, dict[str, float]], num_per_task: int) -> None:
+    columns = (*TASK_TYPES, "mean")
+    print(f"{'condition':<22}" + "".join(f"{c:>11}" for c in columns) + f"   (n={num_per_task} per task)")
+    for condition, row in table.items():
+        print(f"{condition:<22}" + "".join(f"{row[c]:>11.3f}" for c in columns))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,14 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", type=float, default=0.11)
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="base seed of the held-out examples")
     parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--pack", help="a selector pack (folder or Hub id) to score as well")
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    table = run(args.model, args.num_per_task, args.keep, args.seed, args.batch_size)
-    columns = (*TASK_TYPES, "mean")
-    print(f"{'condition':<20}" + "".join(f"{c:>11}" for c in columns) + f"   (n={args.num_per_task} per task)")
-    for condition, row in table.items():
-        print(f"{condition:<20}" + "".join(f"{row[c]:>11.3f}" for c in columns))
+    table = run(args.model, args.num_per_task, args.keep, args.seed, args.batch_size, args.pack)
+    print_table(table, args.num_per_task)
     if args.json:
         Path(args.json).write_text(json.dumps({"n_per_task": args.num_per_task, "rows": table}, indent=2) + "\n")
 

@@ -75,6 +75,16 @@ def plot_curve(log: list[dict], path: Path, tasks: tuple[str, ...]) -> None:
     image.save(path)
 
 
+def save(model, processor, out: Path) -> None:
+    """Model (with greedy generation defaults) and processor, as `from_pretrained` expects them."""
+    tokenizer = processor.tokenizer
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=8
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
 def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -143,6 +153,7 @@ def train(args: argparse.Namespace) -> None:
             if (step + 1) % (args.log_every * args.probe_every) == 0 or step + 1 == args.steps:
                 model.eval()
                 hits = exact_match(model, probe).tolist()
+                save(model, processor, out)  # a usable checkpoint at every probe
                 model.train()
                 row["probe_accuracy"] = {
                     t: sum(h for h, pt in zip(hits, probe_tasks, strict=True) if pt == t) / args.probe_per_task
@@ -153,12 +164,7 @@ def train(args: argparse.Namespace) -> None:
             print(json.dumps(row), flush=True)
 
     elapsed = time.perf_counter() - started
-    model.eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id, do_sample=False, max_new_tokens=8
-    )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    save(model.eval(), processor, out)
     summary = {
         "command": "python -m alvts.demo.train "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
