@@ -88,9 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=4, help="with --tiny")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    if not args.tiny:
+    if not args.tiny and (DEMO_MODEL_PATH / "model.safetensors").is_file():
         run_demo(args.num_per_task, args.keep or 0.11)
         return
+    if not args.tiny:
+        print(f"No demo model at {DEMO_MODEL_PATH} yet (build it: python -m alvts.demo.train); routing tiny models.")
     for family in FAMILIES if args.family == "all" else [args.family]:
         run(family, args.policy, args.keep or 0.25, args.attn, args.new_tokens)
 
