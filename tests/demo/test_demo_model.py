@@ -13,7 +13,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
 from alvts.demo import DEMO_MODEL_PATH, resolve_model
-from alvts.demo.build import build_processor, build_tokenizer
+from alvts.demo.build import build_config, build_processor, build_tokenizer
 from alvts.demo.data import held_out
 from alvts.evaluate import accuracy_by_task, generate_answers
 from alvts.processor import ImageOnlyQwen2_5_VLProcessor, load_processor
@@ -35,6 +35,14 @@ def demo():
 @pytest.fixture(scope="module")
 def processor():
     return build_processor(build_tokenizer(examples_per_task=20))
+
+
+@pytest.fixture
+def saved(processor, tmp_path):
+    """A folder holding the demo processor and config, as a checkpoint has them."""
+    processor.save_pretrained(tmp_path)
+    build_config(processor.tokenizer).save_pretrained(tmp_path)
+    return tmp_path
 
 
 def test_alias_names_the_packaged_folder():
@@ -70,31 +78,36 @@ def test_answers_held_out_questions(demo):
 
 @pytest.mark.parametrize(("size", "grid"), [((448, 448), (1, 32, 32)), ((336, 224), (1, 16, 24))])
 def test_processor_turns_an_image_into_the_documented_token_count(processor, size, grid):
-    out = processor(images=[Image.new("RGB", size)], text=["<|vision_start|><|image_pad|><|vision_end|>hi"])
+    out = processor(
+        images=[Image.new("RGB", size)], text=["<|vision_start|><|image_pad|><|vision_end|>hi"], return_tensors="pt"
+    )
     tokens = grid[1] * grid[2] // 4  # 14 px patches merged 2 x 2: one token per 28 x 28 pixels
     assert out["image_grid_thw"].tolist() == [list(grid)]
     assert out["pixel_values"].shape == (grid[1] * grid[2], 3 * 2 * 14 * 14)
-    assert (out["input_ids"] == processor.image_token_id).sum() == tokens == size[0] * size[1] // 28**2
+    image_token_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert (out["input_ids"] == image_token_id).sum() == tokens == size[0] * size[1] // 28**2
 
 
-def test_processor_round_trip(processor, tmp_path):
-    processor.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "processor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
+def test_processor_round_trip(processor, saved):
+    assert json.loads((saved / "processor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
     example = held_out(1, EVAL_SEED)[0]
-    kwargs = {"images": [example.image], "text": ["<|vision_start|><|image_pad|><|vision_end|>" + example.question]}
-    before, after = processor(**kwargs), load_processor(tmp_path)(**kwargs)
+    kwargs = {
+        "images": [example.image],
+        "text": ["<|vision_start|><|image_pad|><|vision_end|>" + example.question],
+        "return_tensors": "pt",
+    }
+    before, after = processor(**kwargs), load_processor(saved)(**kwargs)
     assert before.keys() == after.keys()
     assert all((before[key] == after[key]).all() for key in before)
 
 
-def test_auto_processor_or_the_image_only_fallback(processor, tmp_path):
-    processor.save_pretrained(tmp_path)
+def test_auto_processor_or_the_image_only_fallback(saved):
     if is_torchvision_available():
-        assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "Qwen2_5_VLProcessor"
+        assert type(AutoProcessor.from_pretrained(saved)).__name__ == "Qwen2_5_VLProcessor"
     else:  # transformers 5.23 needs torchvision for any Qwen-VL processor (huggingface/transformers#48558)
         with pytest.raises(ImportError, match="Torchvision"):
-            AutoProcessor.from_pretrained(tmp_path)
-        assert isinstance(load_processor(tmp_path), ImageOnlyQwen2_5_VLProcessor)
+            AutoProcessor.from_pretrained(saved)
+        assert isinstance(load_processor(saved), ImageOnlyQwen2_5_VLProcessor)
 
 
 @needs_model
