@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 import alvts
+from alvts import demo
 from alvts.demo import DEMO_MODEL_PATH
 from alvts.demo.data import held_out
 from alvts.demo.experiments import print_table
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=4, help="with --tiny")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    if not args.tiny and (DEMO_MODEL_PATH / "model.safetensors").is_file():
+    if not args.tiny and demo.is_built():
         run_demo(args.num_per_task, args.keep or 0.11)
         return
     if not args.tiny:

@@ -16,19 +16,15 @@ import argparse
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from alvts.calibration import CalibrationConfig, calibrate  # noqa: E402
-from alvts.cli.calibrate import encode_samples, load_model_and_processor  # noqa: E402
-from alvts.data import load_calibration_rows  # noqa: E402
-from alvts.demo import resolve_model  # noqa: E402
-from alvts.fit import RECALL_RATIOS  # noqa: E402
+from alvts.calibration import CalibrationConfig, calibrate
+from alvts.cli.calibrate import encode_samples, load_model_and_processor
+from alvts.data import load_calibration_rows
+from alvts.fit import RECALL_RATIOS
 
 KEYS = [f"recall@{r:.3f}" for r in RECALL_RATIOS]
 KEY_NAMES = [f"{stage}_{k}" for stage in ("A", "AB") for k in KEYS]
@@ -41,8 +37,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    model_id = resolve_model(args.model)
-    model, processor = load_model_and_processor(model_id, args.device, args.dtype)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     rows = load_calibration_rows(None, "train", "image", "question", args.num_samples, args.seed)
     samples = list(encode_samples(processor, rows, model.device))
     results = []

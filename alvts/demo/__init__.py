@@ -16,6 +16,11 @@ DEMO_MODEL_PATH = Path(__file__).parent / "model"
 ALIASES = {"demo": DEMO_MODEL_PATH}
 
 
+def is_built() -> bool:
+    """Whether the trained demo weights are in the package (they ship once issue 5's training converges)."""
+    return (DEMO_MODEL_PATH / "model.safetensors").is_file()
+
+
 def resolve_model(name: str | Path) -> str:
     """A model alias ("demo") as its local folder; anything else (a path or Hub id) unchanged."""
     return str(ALIASES.get(str(name), name))

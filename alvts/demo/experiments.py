@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -36,9 +37,7 @@ def run(
     tasks, answers = [e.task for e in examples], [e.answer for e in examples]
 
     def score(images: list[Image.Image], policy=None) -> dict[str, float]:
-        if policy is None:
-            return accuracy_by_task(tasks, answers, generate_answers(model, processor, images, questions, batch_size))
-        with routed(model, policy, keep=keep):
+        with nullcontext() if policy is None else routed(model, policy, keep=keep):
             return accuracy_by_task(tasks, answers, generate_answers(model, processor, images, questions, batch_size))
 
     table = {

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
-from alvts.demo import DEMO_MODEL_PATH, resolve_model
+from alvts.demo import DEMO_MODEL_PATH, is_built, resolve_model
 from alvts.demo.build import build_config, build_processor, build_tokenizer
 from alvts.demo.data import held_out
 from alvts.evaluate import accuracy_by_task, generate_answers
@@ -22,7 +22,7 @@ from alvts.tasks import EVAL_SEED
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 needs_model = pytest.mark.skipif(
-    not (DEMO_MODEL_PATH / "model.safetensors").is_file(),
+    not is_built(),
     reason="the demo model is not trained yet (issue 5): run `python -m alvts.demo.train` to build it",
 )
 
