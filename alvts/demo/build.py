@@ -67,17 +67,18 @@ def build_processor(tokenizer: PreTrainedTokenizerFast) -> ImageOnlyQwen2_5_VLPr
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
-    """A 4-layer Qwen2.5-VL: 2-block ViT (64 wide, windowed then full attention), 192-wide GQA decoder."""
+def build_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 192, num_layers: int = 4) -> Qwen2_5_VLConfig:
+    """A small Qwen2.5-VL: 2-block ViT (64 wide, windowed then full attention), GQA decoder with 32-wide heads."""
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=192, intermediate_size=480, num_hidden_layers=4,
-        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 5 // 2,
+        num_hidden_layers=num_layers, num_attention_heads=hidden_size // 32, num_key_value_heads=2,
+        max_position_embeddings=2048, tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 100.0},
         bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )  # fmt: skip
     vision = dict(
-        depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=192, window_size=112,
+        depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden_size, window_size=112,
         fullatt_block_indexes=[1], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
     )  # fmt: skip
     return Qwen2_5_VLConfig(

@@ -20,12 +20,15 @@ STRIDE = 4
 PALETTE = (None, *(COLOURS[name] for name in COLOUR_NAMES), TEXT_COLOUR)  # class 0: background
 NUM_COLOUR_CLASSES = len(PALETTE)
 NUM_CENTRE_CLASSES = 1 + len(SHAPES) + 10  # nothing, a shape's centre, a digit's centre
+MAX_DIGITS = 5
 
 
 def token_targets(example: Example) -> torch.Tensor:
-    """(tokens, 2) long: per visual token (raster order) the palette class covering most of it and what centre, if
-    any, falls inside it. A training-only dense signal that teaches the small vision tower colours, shapes and
-    digits long before the sparse answer loss alone would."""
+    """(tokens, 5) long, per visual token in raster order: the palette class covering most of it, what centre (if
+    any) falls inside it, its row, its column, and which digit of the number (1-based, 0 for none) centres in it.
+    Training-only dense signals: colours and centres teach the small vision tower what is where; row, column and
+    digit order teach the decoder where each token is, which the vision tower cannot see (it has only relative
+    positions) and which lookup, relation and reading questions name."""
     width, height = example.image.size
     cols, rows = width // TOKEN_PIXELS, height // TOKEN_PIXELS
     pixels = torch.frombuffer(bytearray(example.image.tobytes()), dtype=torch.uint8).view(height, width, 3)
@@ -37,20 +40,22 @@ def token_targets(example: Example) -> torch.Tensor:
     counts[..., 0] = counts[..., 0] // 4  # a token mostly background but partly shape is labelled with the shape
     colour = counts.argmax(-1)
 
-    centre = torch.zeros(rows, cols, dtype=torch.long)
+    centre, ordinal = torch.zeros(rows, cols, dtype=torch.long), torch.zeros(rows, cols, dtype=torch.long)
 
-    def mark(x: float, y: float, label: int) -> None:
-        centre[min(int(y * height) // TOKEN_PIXELS, rows - 1), min(int(x * width) // TOKEN_PIXELS, cols - 1)] = label
+    def cell(x: float, y: float) -> tuple[int, int]:
+        return min(int(y * height) // TOKEN_PIXELS, rows - 1), min(int(x * width) // TOKEN_PIXELS, cols - 1)
 
     for obj in example.scene["objects"]:
-        mark(*obj["centre"], 1 + SHAPES.index(obj["shape"]))
+        centre[cell(*obj["centre"])] = 1 + SHAPES.index(obj["shape"])
     if "text" in example.scene:
         text = example.scene["text"]
         x0, y0 = text["bbox"][:2]
         for index, char in enumerate(text["value"]):
             x = x0 + (index * (GLYPH_WIDTH + GLYPH_GAP) + GLYPH_WIDTH / 2) / text["units"]
-            mark(x, y0 + GLYPH_HEIGHT / 2 / text["units"], 1 + len(SHAPES) + int(char))
-    return torch.stack([colour.flatten(), centre.flatten()], 1)
+            at = cell(x, y0 + GLYPH_HEIGHT / 2 / text["units"])
+            centre[at], ordinal[at] = 1 + len(SHAPES) + int(char), index + 1
+    row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([colour, centre, row, col, ordinal], -1).flatten(0, 1)
 
 
 def _queries(scene: dict, rng: random.Random) -> list[dict]:

@@ -23,8 +23,8 @@ from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
 from ..inputs import collate, encode_example
 from ..tasks import EVAL_SEED, TASK_TYPES
-from .build import build_config, build_processor, build_tokenizer
-from .data import NUM_CENTRE_CLASSES, NUM_COLOUR_CLASSES, TrainingStream, held_out
+from .build import IMAGE_SIZE, build_config, build_processor, build_tokenizer
+from .data import MAX_DIGITS, NUM_CENTRE_CLASSES, NUM_COLOUR_CLASSES, TOKEN_PIXELS, TrainingStream, held_out
 
 PROBE_SEED = EVAL_SEED + 1  # a held-out block for progress checks, disjoint from the final evaluation's
 
@@ -39,11 +39,11 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 @torch.no_grad()
 def exact_match(model, batch: dict) -> torch.Tensor:
     """Per example: every answer token is the argmax given the true prefix, which is what greedy decoding emits."""
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs = {key: value.to(model.device) for key, value in batch.items() if key != "labels"}
     logits = model(**inputs).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
+    labels = batch["labels"][:, 1:].to(model.device)
     scored = labels != -100
-    return ((logits.argmax(-1) == labels) | ~scored).all(1)
+    return ((logits.argmax(-1) == labels) | ~scored).all(1).cpu()
 
 
 def plot_curve(log: list[dict], path: Path, tasks: tuple[str, ...]) -> None:
@@ -92,9 +92,11 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
-    model = Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).train()
+    device = torch.device(args.device)
+    config = build_config(tokenizer, hidden_size=args.hidden_size, num_layers=args.layers)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(device).train()
     pad_id = tokenizer.pad_token_id
-    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
 
     probe_examples = held_out(args.probe_per_task, PROBE_SEED)
     probe = collate([encode_example(processor, e.image, e.question, e.answer) for e in probe_examples], pad_id)
@@ -105,12 +107,23 @@ def train(args: argparse.Namespace) -> None:
         stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
         persistent_workers=args.workers > 0,
     )  # fmt: skip
-    # Training-only dense head on the merged visual tokens (see token_targets); it is not part of the saved model.
-    token_head = torch.nn.Linear(model.config.text_config.hidden_size, NUM_COLOUR_CLASSES + NUM_CENTRE_CLASSES)
-    visual_tokens = []
-    model.model.visual.register_forward_hook(lambda module, args, output: visual_tokens.append(output.pooler_output))
-    parameters = [*model.parameters(), *token_head.parameters()]
+    # Training-only dense heads (see token_targets), not part of the saved model: colour and centre of every merged
+    # visual token from the vision tower's output; row, column and digit order from a decoder layer's output.
+    hidden, grid = config.text_config.hidden_size, IMAGE_SIZE // TOKEN_PIXELS
+    token_head = torch.nn.Linear(hidden, NUM_COLOUR_CLASSES + NUM_CENTRE_CLASSES).to(device)
+    position_head = torch.nn.Linear(hidden, 2 * grid + MAX_DIGITS + 1).to(device)
+    captured: dict[str, torch.Tensor] = {}
+    model.model.visual.register_forward_hook(lambda m, a, output: captured.update(visual=output.pooler_output))
+    model.model.language_model.layers[args.position_layer].register_forward_hook(
+        lambda m, a, output: captured.update(decoder=output[0] if isinstance(output, tuple) else output)
+    )
+    parameters = [*model.parameters(), *token_head.parameters(), *position_head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    splits = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, grid, grid, MAX_DIGITS + 1)
+
+    def dense_loss(targets: torch.Tensor, image_positions: torch.Tensor) -> torch.Tensor:
+        logits = torch.cat([token_head(captured["visual"]), position_head(captured["decoder"][image_positions])], 1)
+        return sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(logits.split(splits, 1)))
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -123,18 +136,14 @@ def train(args: argparse.Namespace) -> None:
         if step >= args.steps:
             break
         tasks = [item.pop("task") for item in items]
-        targets = torch.cat([item.pop("token_targets") for item in items])
-        batch = collate(items, pad_id)
+        targets = torch.cat([item.pop("token_targets") for item in items]).to(device)
+        batch = {key: value.to(device) for key, value in collate(items, pad_id).items()}
         labels = batch.pop("labels")
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        visual_tokens.clear()
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
-        token_logits = token_head(visual_tokens[0])
-        token_loss = F.cross_entropy(token_logits[:, :NUM_COLOUR_CLASSES], targets[:, 0]) + F.cross_entropy(
-            token_logits[:, NUM_COLOUR_CLASSES:], targets[:, 1]
-        )
+        token_loss = dense_loss(targets, batch["input_ids"] == config.image_token_id)
         optimizer.zero_grad(set_to_none=True)
         (loss + args.token_loss_weight * token_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -168,7 +177,9 @@ def train(args: argparse.Namespace) -> None:
     summary = {
         "command": "python -m alvts.demo.train "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "device": f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads)",
         "torch": torch.__version__,
         "train_seconds": round(elapsed, 1),
         "examples_seen": args.steps * args.batch_size,
@@ -190,6 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES)
     parser.add_argument("--turns", type=int, default=4, help="questions per training image (answers all scored)")
     parser.add_argument("--token-loss-weight", type=float, default=1.0, help="weight of the dense visual-token loss")
+    parser.add_argument("--position-layer", type=int, default=1, help="decoder layer taught token positions")
+    parser.add_argument("--hidden-size", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=50)

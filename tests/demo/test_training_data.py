@@ -50,7 +50,8 @@ def test_first_turn_is_what_inference_sees_and_labels_cover_every_answer(process
 def test_token_targets_mark_colours_and_centres_where_the_scene_puts_them():
     example = make_example("lookup", 2)
     targets = token_targets(example)
-    assert targets.shape == (256, 2)
+    assert targets.shape == (256, 5)
+    assert torch.equal(targets[:, 2] * 16 + targets[:, 3], torch.arange(256))  # row, column in raster order
     for obj in example.scene["objects"]:
         x, y = obj["centre"]
         token = int(y * 448) // 28 * 16 + int(x * 448) // 28
@@ -58,3 +59,11 @@ def test_token_targets_mark_colours_and_centres_where_the_scene_puts_them():
         assert PALETTE[targets[token, 0]] is not None  # a shape colour, not the background
     assert (targets[:, 1] > 0).sum() == len(example.scene["objects"])
     assert targets[:, 1].max() < NUM_CENTRE_CLASSES
+
+
+def test_token_targets_number_the_digits_left_to_right():
+    example = make_example("reading", 0)
+    targets = token_targets(example)
+    digits = targets[targets[:, 4] > 0]
+    assert digits[:, 4].tolist() == list(range(1, len(example.answer) + 1))  # raster order is reading order
+    assert [str(c - 1 - len(SHAPES)) for c in digits[:, 1].tolist()] == list(example.answer)
