@@ -58,6 +58,43 @@ def token_targets(example: Example) -> torch.Tensor:
     return torch.stack([colour, centre, row, col, ordinal], -1).flatten(0, 1)
 
 
+def _box_tokens(box: Sequence[float], size: int) -> torch.Tensor:
+    """(tokens,) bool: the merged visual tokens (raster order) that a relative [x0, y0, x1, y1] box overlaps."""
+    side = size // TOKEN_PIXELS
+    x0, y0, x1, y1 = (min(max(int(v * size) // TOKEN_PIXELS, 0), side - 1) for v in box)
+    mask = torch.zeros(side, side, dtype=torch.bool)
+    mask[y0 : y1 + 1, x0 : x1 + 1] = True
+    return mask.flatten()
+
+
+def relevant_tokens(example: Example) -> torch.Tensor:
+    """(parts, tokens) bool: the visual tokens that hold the answer, from the scene. One row for the whole answer,
+    or one per digit for reading; no rows when nothing in the image holds it (existence "no"). A training-only
+    target for where the answer positions should attend."""
+    scene, size = example.scene, example.image.size[0]
+    objects, query = scene["objects"], scene.get("query", {})
+    if scene["task"] == "reading":
+        text = scene["text"]
+        x0, y0 = text["bbox"][:2]
+        pitch, width, height = ((GLYPH_WIDTH + GLYPH_GAP) / text["units"], GLYPH_WIDTH / text["units"],
+                                GLYPH_HEIGHT / text["units"])  # fmt: skip
+        boxes = [[x0 + i * pitch, y0, x0 + i * pitch + width, y0 + height] for i in range(len(text["value"]))]
+        return torch.stack([_box_tokens(box, size) for box in boxes])
+    if scene["task"] == "lookup":
+        chosen = [objects[(query["row"] - 1) * GRID + query["col"] - 1]]
+    elif scene["task"] == "counting":
+        chosen = [obj for obj in objects if obj["colour"] == query["colour"]]
+    elif scene["task"] == "existence":
+        chosen = [obj for obj in objects if (obj["colour"], obj["shape"]) == (query["colour"], query["shape"])]
+    else:  # relation: the anchor and the answer
+        chosen = [objects[query["anchor"]]] + [
+            obj for obj in objects if f"{obj['colour']} {obj['shape']}" == example.answer
+        ]
+    if not chosen:
+        return torch.zeros(0, size // TOKEN_PIXELS * (size // TOKEN_PIXELS), dtype=torch.bool)
+    return torch.stack([_box_tokens(obj["bbox"], size) for obj in chosen]).any(0, keepdim=True)
+
+
 def _queries(scene: dict, rng: random.Random) -> list[dict]:
     """Every other query of the scene's task about the same scene, shuffled (existence: yes and no alternate)."""
     task, objects = scene["task"], scene["objects"]
@@ -134,7 +171,12 @@ class TrainingStream(IterableDataset):
             example = make_example(task, example_seed(TRAIN_SEED, index // len(self.tasks)))
             turns = conversation(example, self.turns, random.Random(example.seed))
             encoded = encode_conversation(self.processor, example.image, turns)
-            yield {**encoded, "task": task, "token_targets": token_targets(example)}
+            yield {
+                **encoded,
+                "task": task,
+                "token_targets": token_targets(example),
+                "relevant": relevant_tokens(example),
+            }
             index += 1
 
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
-from ..inputs import collate, encode_example
+from ..inputs import ANSWER_END, collate, encode_example
 from ..tasks import EVAL_SEED, TASK_TYPES
 from .build import IMAGE_SIZE, build_config, build_processor, build_tokenizer
 from .data import MAX_DIGITS, NUM_CENTRE_CLASSES, NUM_COLOUR_CLASSES, TOKEN_PIXELS, TrainingStream, held_out
@@ -95,6 +95,7 @@ def train(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     config = build_config(tokenizer, hidden_size=args.hidden_size, num_layers=args.layers)
     model = Qwen2_5_VLForConditionalGeneration(config).to(device).train()
+    model.set_attn_implementation("eager")  # attention weights for the grounding loss (the saved config keeps sdpa)
     pad_id = tokenizer.pad_token_id
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
 
@@ -114,9 +115,12 @@ def train(args: argparse.Namespace) -> None:
     position_head = torch.nn.Linear(hidden, 2 * grid + MAX_DIGITS + 1).to(device)
     captured: dict[str, torch.Tensor] = {}
     model.model.visual.register_forward_hook(lambda m, a, output: captured.update(visual=output.pooler_output))
-    model.model.language_model.layers[args.position_layer].register_forward_hook(
+    layers = model.model.language_model.layers
+    layers[args.position_layer].register_forward_hook(
         lambda m, a, output: captured.update(decoder=output[0] if isinstance(output, tuple) else output)
     )
+    layers[args.attention_layer].self_attn.register_forward_hook(lambda m, a, output: captured.update(attn=output[1]))
+    end_id = tokenizer.convert_tokens_to_ids(ANSWER_END)
     parameters = [*model.parameters(), *token_head.parameters(), *position_head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
     splits = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, grid, grid, MAX_DIGITS + 1)
@@ -125,18 +129,35 @@ def train(args: argparse.Namespace) -> None:
         logits = torch.cat([token_head(captured["visual"]), position_head(captured["decoder"][image_positions])], 1)
         return sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(logits.split(splits, 1)))
 
+    def grounding_loss(relevant: list[torch.Tensor], input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """-log of the attention mass (head mean, one layer) that each first-turn answer token's predicting position
+        puts on the visual tokens holding the answer (relevant_tokens)."""
+        probs, losses = captured["attn"].mean(1), []
+        for row, masks in enumerate(relevant):
+            if not len(masks):
+                continue
+            scored = (labels[row] != -100).nonzero().squeeze(1)
+            answer = scored[: (labels[row, scored] == end_id).int().argmax()]  # first turn, without its end token
+            image = (input_ids[row] == config.image_token_id).nonzero().squeeze(1)
+            rows = probs[row, answer - 1][:, image]
+            masks = masks.to(device).expand(len(answer), -1) if len(masks) == 1 else masks.to(device)
+            losses.append(-torch.log((rows * masks).sum(1) + 1e-6))
+        return torch.cat(losses).mean() if losses else probs.new_zeros(())
+
     def lr_at(step: int) -> float:
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    log, window, token_window, started = [], {t: [] for t in TASK_TYPES}, [], time.perf_counter()
+    log, window, token_window, attention_window = [], {t: [] for t in TASK_TYPES}, [], []
+    started = time.perf_counter()
     for step, items in enumerate(loader):
         if step >= args.steps:
             break
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items]).to(device)
+        relevant = [item.pop("relevant") for item in items]
         batch = {key: value.to(device) for key, value in collate(items, pad_id).items()}
         labels = batch.pop("labels")
         for group in optimizer.param_groups:
@@ -144,10 +165,12 @@ def train(args: argparse.Namespace) -> None:
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
         token_loss = dense_loss(targets, batch["input_ids"] == config.image_token_id)
+        attention_loss = grounding_loss(relevant, batch["input_ids"], labels)
         optimizer.zero_grad(set_to_none=True)
-        (loss + args.token_loss_weight * token_loss).backward()
+        (loss + args.token_loss_weight * token_loss + args.attention_loss_weight * attention_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         token_window.append(token_loss.item())
+        attention_window.append(attention_loss.item())
         optimizer.step()
         for task, value, count in zip(tasks, loss_sum.tolist(), counts.tolist(), strict=True):
             window[task].append(value / count)
@@ -158,6 +181,7 @@ def train(args: argparse.Namespace) -> None:
                 "lr": lr_at(step),
                 "loss_by_task": {t: sum(v) / len(v) for t, v in window.items() if v},
                 "token_loss": sum(token_window) / len(token_window),
+                "attention_loss": sum(attention_window) / len(attention_window),
             }
             if (step + 1) % (args.log_every * args.probe_every) == 0 or step + 1 == args.steps:
                 model.eval()
@@ -169,7 +193,7 @@ def train(args: argparse.Namespace) -> None:
                     for t in TASK_TYPES
                 }
             log.append(row)
-            window, token_window = {t: [] for t in TASK_TYPES}, []
+            window, token_window, attention_window = {t: [] for t in TASK_TYPES}, [], []
             print(json.dumps(row), flush=True)
 
     elapsed = time.perf_counter() - started
@@ -202,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=4, help="questions per training image (answers all scored)")
     parser.add_argument("--token-loss-weight", type=float, default=1.0, help="weight of the dense visual-token loss")
     parser.add_argument("--position-layer", type=int, default=1, help="decoder layer taught token positions")
+    parser.add_argument("--attention-layer", type=int, default=2, help="decoder layer taught where to look")
+    parser.add_argument("--attention-loss-weight", type=float, default=0.5)
     parser.add_argument("--hidden-size", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
