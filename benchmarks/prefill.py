@@ -73,6 +73,7 @@ NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 PRESETS: dict[str, tuple] = {
     "cpu-tiny": ("llava", TINY_LM, dict(image_size=96, patch_size=4), None, (1, 2)),
     "qwen2.5-vl-7b": ("qwen2_5_vl", QWEN_7B, dict(patch_size=14), (1, 72, 72), (1, 8)),
+    "qwen2.5-vl-7b-5184": ("qwen2_5_vl", QWEN_7B, dict(patch_size=14), (1, 144, 144), (1,)),
     "llava-1.5-7b": ("llava", LLAMA_7B, dict(image_size=336, patch_size=14), None, (1, 8)),
     "llava-next-7b": ("llava_next", LLAMA_7B, dict(image_size=336, patch_size=14), (672, 672), (1, 8)),
 }
