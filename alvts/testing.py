@@ -111,7 +111,9 @@ def _image_pixels(family: str, model: PreTrainedModel, image, gen: torch.Generat
     pixels = torch.randn(1, max_tiles, 3, tile, tile, generator=gen)
     sizes = torch.tensor([image])
     with torch.no_grad():
-        feats = model.model.get_image_features(pixel_values=pixels, image_sizes=sizes, return_dict=True).pooler_output
+        feats = model.model.get_image_features(
+            pixel_values=pixels.to(model.device, model.dtype), image_sizes=sizes.to(model.device), return_dict=True
+        ).pooler_output  # on the model's device: a CUDA model counts its features there
     return {"pixel_values": pixels, "image_sizes": sizes}, int(feats[0].shape[0])
 
 
