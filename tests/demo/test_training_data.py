@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from alvts.demo.build import build_processor, build_tokenizer
-from alvts.demo.data import NUM_CENTRE_CLASSES, PALETTE, conversation, encode_conversation, token_targets
+from alvts.demo.data import (
+    NUM_CENTRE_CLASSES,
+    PALETTE,
+    conversation,
+    encode_conversation,
+    relevant_tokens,
+    token_targets,
+)
 from alvts.inputs import encode_example
 from alvts.tasks import TASK_TYPES, answer_for, make_example
 from alvts.tasks.vocab import SHAPES
@@ -67,3 +74,21 @@ def test_token_targets_number_the_digits_left_to_right():
     digits = targets[targets[:, 4] > 0]
     assert digits[:, 4].tolist() == list(range(1, len(example.answer) + 1))  # raster order is reading order
     assert [str(c - 1 - len(SHAPES)) for c in digits[:, 1].tolist()] == list(example.answer)
+
+
+def test_relevant_tokens_cover_the_object_or_digits_that_hold_the_answer():
+    lookup = make_example("lookup", 2)
+    query = lookup.scene["query"]
+    target = lookup.scene["objects"][(query["row"] - 1) * 4 + query["col"] - 1]
+    x, y = target["centre"]
+    mask = relevant_tokens(lookup)
+    assert mask.shape == (1, 256) and mask[0, int(y * 448) // 28 * 16 + int(x * 448) // 28]
+    others = [obj for obj in lookup.scene["objects"] if obj is not target]
+    assert not any(mask[0, int(o["centre"][1] * 448) // 28 * 16 + int(o["centre"][0] * 448) // 28] for o in others)
+    reading = make_example("reading", 0)
+    digits = relevant_tokens(reading)
+    centres = token_targets(reading)[:, 4]
+    assert len(digits) == len(reading.answer)
+    assert all(digits[i, centres == i + 1].all() for i in range(len(digits)))  # digit i's mask holds its centre
+    absent = next(e for e in (make_example("existence", s) for s in range(20)) if e.answer == "no")
+    assert relevant_tokens(absent).shape == (0, 256)
