@@ -20,7 +20,7 @@ STRIDE = 4
 PALETTE = (None, *(COLOURS[name] for name in COLOUR_NAMES), TEXT_COLOUR)  # class 0: background
 NUM_COLOUR_CLASSES = len(PALETTE)
 NUM_CENTRE_CLASSES = 1 + len(SHAPES) + 10  # nothing, a shape's centre, a digit's centre
-MAX_DIGITS = 5
+MAX_DIGITS = 5  # the reading task's longest number (tasks/scenes.py: _reading)
 
 
 def token_targets(example: Example) -> torch.Tensor:
@@ -48,14 +48,25 @@ def token_targets(example: Example) -> torch.Tensor:
     for obj in example.scene["objects"]:
         centre[cell(*obj["centre"])] = 1 + SHAPES.index(obj["shape"])
     if "text" in example.scene:
-        text = example.scene["text"]
-        x0, y0 = text["bbox"][:2]
-        for index, char in enumerate(text["value"]):
-            x = x0 + (index * (GLYPH_WIDTH + GLYPH_GAP) + GLYPH_WIDTH / 2) / text["units"]
-            at = cell(x, y0 + GLYPH_HEIGHT / 2 / text["units"])
+        for index, (char, (x0, y0, x1, y1)) in enumerate(
+            zip(example.scene["text"]["value"], _digit_boxes(example.scene), strict=True)
+        ):
+            at = cell((x0 + x1) / 2, (y0 + y1) / 2)
             centre[at], ordinal[at] = 1 + len(SHAPES) + int(char), index + 1
     row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     return torch.stack([colour, centre, row, col, ordinal], -1).flatten(0, 1)
+
+
+def _digit_boxes(scene: dict) -> list[list[float]]:
+    """Relative [x0, y0, x1, y1] of each glyph of the scene's number, left to right."""
+    text = scene["text"]
+    x0, y0 = text["bbox"][:2]
+    units = text["units"]
+    return [
+        [x0 + i * (GLYPH_WIDTH + GLYPH_GAP) / units, y0, x0 + (i * (GLYPH_WIDTH + GLYPH_GAP) + GLYPH_WIDTH) / units,
+         y0 + GLYPH_HEIGHT / units]
+        for i in range(len(text["value"]))
+    ]  # fmt: skip
 
 
 def _box_tokens(box: Sequence[float], size: int) -> torch.Tensor:
@@ -74,12 +85,7 @@ def relevant_tokens(example: Example) -> torch.Tensor:
     scene, size = example.scene, example.image.size[0]
     objects, query = scene["objects"], scene.get("query", {})
     if scene["task"] == "reading":
-        text = scene["text"]
-        x0, y0 = text["bbox"][:2]
-        pitch, width, height = ((GLYPH_WIDTH + GLYPH_GAP) / text["units"], GLYPH_WIDTH / text["units"],
-                                GLYPH_HEIGHT / text["units"])  # fmt: skip
-        boxes = [[x0 + i * pitch, y0, x0 + i * pitch + width, y0 + height] for i in range(len(text["value"]))]
-        return torch.stack([_box_tokens(box, size) for box in boxes])
+        return torch.stack([_box_tokens(box, size) for box in _digit_boxes(scene)])
     if scene["task"] == "lookup":
         chosen = [objects[(query["row"] - 1) * GRID + query["col"] - 1]]
     elif scene["task"] == "counting":
