@@ -112,7 +112,7 @@ def calibrate(
         )
     progress_dir = None if output_dir is None else Path(output_dir) / "layers"
     if progress_dir is not None:
-        _check_resume(progress_dir, config, model)
+        _check_resume(progress_dir, config, model, dataset_info)
 
     inputs = capture_layer_inputs(model, samples)
     if len(inputs) < 2:
@@ -192,14 +192,14 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config):
     return proj.detach(), temp.detach().reshape(()), metrics
 
 
-def _check_resume(progress_dir: Path, config: CalibrationConfig, model: nn.Module) -> None:
-    """A folder with earlier progress must come from the same settings and model, or nothing is resumed."""
-    stamp = {"config": dataclasses.asdict(config), "fingerprint": model_fingerprint(model)}
+def _check_resume(progress_dir: Path, config: CalibrationConfig, model: nn.Module, dataset_info: dict | None) -> None:
+    """A folder with earlier progress must come from the same settings, model and data, or nothing is resumed."""
+    stamp = {"config": dataclasses.asdict(config), "fingerprint": model_fingerprint(model), "dataset": dataset_info}
     path = progress_dir / "run.json"
     if path.is_file():
         if json.loads(path.read_text()) != json.loads(json.dumps(stamp)):
             raise ValueError(
-                f"{progress_dir} holds a calibration run with other settings or another model; use a new output "
+                f"{progress_dir} holds a calibration run with other settings, model or data; use a new output "
                 "folder, or delete it to start over."
             )
         return

@@ -1,18 +1,21 @@
 """Calibration recipes: `calibrate/<alias>.toml` files whose values are `alvts-calibrate`'s defaults for one model.
 
-Searched in order: the folder named by $ALVTS_RECIPES, `./calibrate/` under the working directory, and `calibrate/`
-at the root of a source or editable checkout of alvts. The first file found wins.
+Searched in order: the folder named by $ALVTS_RECIPES, `./calibrate/` under the working directory, `calibrate/` at
+the root of a source or editable checkout of alvts, and the copy a wheel installs under `<prefix>/share/alvts/`.
+The first file found wins.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 
 RECIPES_ENV = "ALVTS_RECIPES"
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "calibrate"
+INSTALLED_RECIPES = Path(sys.prefix) / "share" / "alvts" / "calibrate"  # pyproject's data-files put them here
 # Every key a recipe may set, with its type; each is the `alvts-calibrate` option of the same name.
 RECIPE_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": str,
@@ -35,7 +38,7 @@ _ALIAS = re.compile(r"[A-Za-z0-9][\w.-]*")  # a bare name: paths and Hub ids ("o
 def recipe_dirs() -> list[Path]:
     """The folders searched for recipes, in order."""
     env = os.environ.get(RECIPES_ENV)
-    return ([Path(env).expanduser()] if env else []) + [Path.cwd() / "calibrate", REPO_RECIPES]
+    return ([Path(env).expanduser()] if env else []) + [Path.cwd() / "calibrate", REPO_RECIPES, INSTALLED_RECIPES]
 
 
 def find_recipe(alias: str) -> Path | None:

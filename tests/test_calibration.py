@@ -59,11 +59,14 @@ def test_interrupted_calibration_resumes_to_identical_tensors(tmp_path, monkeypa
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_resume_with_other_settings_or_data_is_refused(tmp_path):
     model = tiny_model("llava", "sdpa")
-    calibrate(model, _samples(model, 3), FAST, output_dir=tmp_path)
-    with pytest.raises(ValueError, match="holds a calibration run with other settings or another model"):
+    data = {"name": "alvts-tasks", "split": "train", "num_samples": 3}
+    calibrate(model, _samples(model, 3), FAST, output_dir=tmp_path, dataset_info=data)
+    with pytest.raises(ValueError, match="holds a calibration run with other settings, model or data"):
         calibrate(model, _samples(model, 3), CalibrationConfig(rank=4, stage_b_steps=10), output_dir=tmp_path)
+    with pytest.raises(ValueError, match="holds a calibration run with other settings, model or data"):
+        calibrate(model, _samples(model, 3), FAST, output_dir=tmp_path, dataset_info={**data, "split": "test"})
 
 
 def test_samples_without_an_image_are_refused():

@@ -34,9 +34,10 @@ CHAT_TEMPLATE = (
 IMAGE_SIZE = 448  # 32 x 32 patches of 14 px, merged 2 x 2: 256 visual tokens
 
 
-def build_tokenizer(vocab_size: int = 320, examples_per_task: int = 200) -> PreTrainedTokenizerFast:
-    """Byte-level BPE fitted on the suite's questions and answers; digits stay single tokens, so numbers read
-    digit by digit."""
+def build_tokenizer(vocab_size: int = 400, examples_per_task: int = 200) -> PreTrainedTokenizerFast:
+    """Byte-level BPE fitted on the suite's questions and answers, with enough merges that every word is one token
+    (an answer's first token then carries the whole answer); digits stay single tokens, so numbers read digit by
+    digit."""
     corpus = [
         text
         for task in TASK_TYPES

@@ -11,7 +11,7 @@ from torch.utils.data import IterableDataset
 from ..inputs import ANSWER_END, prompt_text
 from ..tasks import TASK_TYPES, TRAIN_SEED, Example, answer_for, example_seed, make_example, question_for
 from ..tasks.font import GLYPH_GAP, GLYPH_HEIGHT, GLYPH_WIDTH
-from ..tasks.geometry import is_unambiguous
+from ..tasks.geometry import is_unambiguous, nearest_in_direction
 from ..tasks.scenes import COLOUR_NAMES, GRID
 from ..tasks.vocab import BACKGROUND, COLOURS, COMBOS, DIRECTIONS, SHAPES, TEXT_COLOUR
 
@@ -69,36 +69,77 @@ def _digit_boxes(scene: dict) -> list[list[float]]:
     ]  # fmt: skip
 
 
-def _box_tokens(box: Sequence[float], size: int) -> torch.Tensor:
-    """(tokens,) bool: the merged visual tokens (raster order) that a relative [x0, y0, x1, y1] box overlaps."""
+FIELDS: dict[str, int] = {
+    "task": len(TASK_TYPES), "colour": len(COLOUR_NAMES), "shape": len(SHAPES), "row": GRID, "col": GRID,
+    "direction": len(DIRECTIONS), "part": MAX_DIGITS,
+}  # fmt: skip
+
+
+GUIDES = ("fields", "first_attention", "second_attention")  # answer_guides' outputs, as TrainingStream names them
+
+
+def _centre_token(point: Sequence[float], size: int) -> int:
+    """Raster index of the merged visual token that holds a relative (x, y) point."""
     side = size // TOKEN_PIXELS
-    x0, y0, x1, y1 = (min(max(int(v * size) // TOKEN_PIXELS, 0), side - 1) for v in box)
-    mask = torch.zeros(side, side, dtype=torch.bool)
-    mask[y0 : y1 + 1, x0 : x1 + 1] = True
-    return mask.flatten()
+    x, y = (min(int(v * size) // TOKEN_PIXELS, side - 1) for v in point)
+    return y * side + x
 
 
-def relevant_tokens(example: Example) -> torch.Tensor:
-    """(parts, tokens) bool: the visual tokens that hold the answer, from the scene. One row for the whole answer,
-    or one per digit for reading; no rows when nothing in the image holds it (existence "no"). A training-only
-    target for where the answer positions should attend."""
-    scene, size = example.scene, example.image.size[0]
-    objects, query = scene["objects"], scene.get("query", {})
-    if scene["task"] == "reading":
-        return torch.stack([_box_tokens(box, size) for box in _digit_boxes(scene)])
-    if scene["task"] == "lookup":
-        chosen = [objects[(query["row"] - 1) * GRID + query["col"] - 1]]
-    elif scene["task"] == "counting":
-        chosen = [obj for obj in objects if obj["colour"] == query["colour"]]
-    elif scene["task"] == "existence":
-        chosen = [obj for obj in objects if (obj["colour"], obj["shape"]) == (query["colour"], query["shape"])]
-    else:  # relation: the anchor and the answer
-        chosen = [objects[query["anchor"]]] + [
-            obj for obj in objects if f"{obj['colour']} {obj['shape']}" == example.answer
+def _attend(tokens: Sequence[int], size: int, sink: bool = False) -> torch.Tensor:
+    """(1 + tokens,) attention target: uniform over the given visual tokens and, if sink, the sink (index 0)."""
+    target = torch.zeros(1 + (size // TOKEN_PIXELS) ** 2)
+    target[[1 + token for token in tokens] + ([0] if sink else [])] = 1.0
+    return target / target.sum()
+
+
+def answer_guides(scene: dict, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-only targets for each answer token of a scene's question (its end token excluded), as seen from the
+    position that predicts it: what the question asks (`FIELDS`, -100 where it does not apply), and where two
+    consecutive decoder layers should look, over (sink, visual tokens). The sink stands for "nothing here"
+    (existence "no"), and counting looks at the sink plus one centre per counted shape, so the sink's share,
+    1 / (n + 1), gives the count. Relation looks at the anchor, then at the answer next to it; other tasks leave
+    the second layer free (all-zero rows).
+
+    Returns (fields (n, len(FIELDS)) long, first (n, 1 + tokens), second (n, 1 + tokens))."""
+    task, objects, query = scene["task"], scene["objects"], scene.get("query", {})
+    fields = dict.fromkeys(FIELDS, -100) | {"task": TASK_TYPES.index(task)}
+    empty = torch.zeros(1 + (size // TOKEN_PIXELS) ** 2)
+    centres = [_centre_token(obj["centre"], size) for obj in objects]
+    if task == "reading":
+        boxes = _digit_boxes(scene)
+        rows = [
+            (fields | {"part": i}, _attend([_centre_token(((x0 + x1) / 2, (y0 + y1) / 2), size)], size), empty)
+            for i, (x0, y0, x1, y1) in enumerate(boxes)
         ]
-    if not chosen:
-        return torch.zeros(0, size // TOKEN_PIXELS * (size // TOKEN_PIXELS), dtype=torch.bool)
-    return torch.stack([_box_tokens(obj["bbox"], size) for obj in chosen]).any(0, keepdim=True)
+    elif task == "lookup":
+        fields |= {"row": query["row"] - 1, "col": query["col"] - 1}
+        rows = [(fields, _attend([centres[(query["row"] - 1) * GRID + query["col"] - 1]], size), empty)]
+    elif task == "counting":
+        fields |= {"colour": COLOUR_NAMES.index(query["colour"])}
+        chosen = [c for c, obj in zip(centres, objects, strict=True) if obj["colour"] == query["colour"]]
+        rows = [(fields, _attend(chosen, size, sink=True), empty)]
+    elif task == "existence":
+        fields |= {"colour": COLOUR_NAMES.index(query["colour"]), "shape": SHAPES.index(query["shape"])}
+        chosen = [
+            c for c, obj in zip(centres, objects, strict=True) if (obj["colour"], obj["shape"]) == tuple(query.values())
+        ]
+        rows = [(fields, _attend(chosen, size, sink=not chosen), empty)]
+    elif task == "relation":
+        anchor = objects[query["anchor"]]
+        fields |= {
+            "colour": COLOUR_NAMES.index(anchor["colour"]), "shape": SHAPES.index(anchor["shape"]),
+            "direction": list(DIRECTIONS).index(query["direction"]),
+        }  # fmt: skip
+        target = nearest_in_direction([obj["centre"] for obj in objects], query["anchor"], query["direction"])
+        first, second = _attend([centres[query["anchor"]]], size), _attend([centres[target]], size)
+        rows = [(fields | {"part": part}, first, second) for part in range(2)]  # colour word, shape word
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return (
+        torch.tensor([[row[0][name] for name in FIELDS] for row in rows]),
+        torch.stack([row[1] for row in rows]),
+        torch.stack([row[2] for row in rows]),
+    )
 
 
 def _queries(scene: dict, rng: random.Random) -> list[dict]:
@@ -129,21 +170,21 @@ def _queries(scene: dict, rng: random.Random) -> list[dict]:
     return [query for query in queries if query != scene["query"]]
 
 
-def conversation(example: Example, turns: int, rng: random.Random) -> list[tuple[str, str]]:
-    """(question, answer) turns about one image: the example's own first, then up to turns - 1 distinct other
-    queries (never a repeat, which could be answered by copying)."""
-    qa = [(example.question, example.answer)]
+def conversation(example: Example, turns: int, rng: random.Random) -> list[tuple[str, str, dict]]:
+    """(question, answer, scene with that query) turns about one image: the example's own first, then up to
+    turns - 1 distinct other queries (never a repeat, which could be answered by copying)."""
+    qa = [(example.question, example.answer, example.scene)]
     for query in _queries(example.scene, rng)[: turns - 1]:
         scene = {**example.scene, "query": query}
-        qa.append((question_for(scene), answer_for(scene)))
+        qa.append((question_for(scene), answer_for(scene), scene))
     return qa
 
 
-def encode_conversation(processor, image, turns: Sequence[tuple[str, str]]) -> dict:
+def encode_conversation(processor, image, turns: Sequence[tuple[str, str, dict]]) -> dict:
     """Processor outputs for a multi-turn chat about one image, with `labels` on every answer and its end token
     (the first turn is exactly what inference sees)."""
     text = prompt_text(processor, turns[0][0]) + turns[0][1] + ANSWER_END
-    for question, answer in turns[1:]:
+    for question, answer, _ in turns[1:]:
         messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
         text += "\n" + processor.apply_chat_template(messages, add_generation_prompt=True) + answer + ANSWER_END
     encoded = dict(processor(images=[image], text=[text], return_tensors="pt"))
@@ -176,12 +217,12 @@ class TrainingStream(IterableDataset):
             task = self.tasks[index % len(self.tasks)]
             example = make_example(task, example_seed(TRAIN_SEED, index // len(self.tasks)))
             turns = conversation(example, self.turns, random.Random(example.seed))
-            encoded = encode_conversation(self.processor, example.image, turns)
+            guides = [answer_guides(scene, example.image.size[0]) for _, _, scene in turns]
             yield {
-                **encoded,
+                **encode_conversation(self.processor, example.image, turns),
                 "task": task,
                 "token_targets": token_targets(example),
-                "relevant": relevant_tokens(example),
+                **{name: torch.cat([g[i] for g in guides]) for i, name in enumerate(GUIDES)},
             }
             index += 1
 

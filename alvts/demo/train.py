@@ -24,7 +24,16 @@ from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 from ..inputs import ANSWER_END, collate, encode_example
 from ..tasks import EVAL_SEED, TASK_TYPES
 from .build import IMAGE_SIZE, build_config, build_processor, build_tokenizer
-from .data import MAX_DIGITS, NUM_CENTRE_CLASSES, NUM_COLOUR_CLASSES, TOKEN_PIXELS, TrainingStream, held_out
+from .data import (
+    FIELDS,
+    GUIDES,
+    MAX_DIGITS,
+    NUM_CENTRE_CLASSES,
+    NUM_COLOUR_CLASSES,
+    TOKEN_PIXELS,
+    TrainingStream,
+    held_out,
+)
 
 PROBE_SEED = EVAL_SEED + 1  # a held-out block for progress checks, disjoint from the final evaluation's
 
@@ -108,20 +117,27 @@ def train(args: argparse.Namespace) -> None:
         stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
         persistent_workers=args.workers > 0,
     )  # fmt: skip
-    # Training-only dense heads (see token_targets), not part of the saved model: colour and centre of every merged
-    # visual token from the vision tower's output; row, column and digit order from a decoder layer's output.
+    # Training-only heads and hooks (see token_targets and answer_guides), not part of the saved model: the colour and
+    # centre of every merged visual token from the vision tower's output; each visual token's row, column and digit
+    # order, and what each answer position's question asks, from a decoder layer's output; and where the answer
+    # positions look in the next two layers.
     hidden, grid = config.text_config.hidden_size, IMAGE_SIZE // TOKEN_PIXELS
     token_head = torch.nn.Linear(hidden, NUM_COLOUR_CLASSES + NUM_CENTRE_CLASSES).to(device)
     position_head = torch.nn.Linear(hidden, 2 * grid + MAX_DIGITS + 1).to(device)
+    field_head = torch.nn.Linear(hidden, sum(FIELDS.values())).to(device)
     captured: dict[str, torch.Tensor] = {}
     model.model.visual.register_forward_hook(lambda m, a, output: captured.update(visual=output.pooler_output))
     layers = model.model.language_model.layers
     layers[args.position_layer].register_forward_hook(
         lambda m, a, output: captured.update(decoder=output[0] if isinstance(output, tuple) else output)
     )
-    layers[args.attention_layer].self_attn.register_forward_hook(lambda m, a, output: captured.update(attn=output[1]))
+    guided = (args.position_layer + 1, args.position_layer + 2)
+    for index in guided:
+        layers[index].self_attn.register_forward_hook(lambda m, a, output, i=index: captured.update({i: output[1]}))
+    guided_heads = config.text_config.num_attention_heads // 2
     end_id = tokenizer.convert_tokens_to_ids(ANSWER_END)
-    parameters = [*model.parameters(), *token_head.parameters(), *position_head.parameters()]
+    heads = (token_head, position_head, field_head)
+    parameters = [*model.parameters(), *(p for head in heads for p in head.parameters())]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
     splits = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, grid, grid, MAX_DIGITS + 1)
 
@@ -132,20 +148,32 @@ def train(args: argparse.Namespace) -> None:
         logits = torch.cat([token_head(visual), position_head(decoder[image_positions])], 1)
         return sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(logits.split(splits, 1)))
 
-    def grounding_loss(relevant: list[torch.Tensor], input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """-log of the attention mass (head mean, one layer) that each first-turn answer token's predicting position
-        puts on the visual tokens holding the answer (relevant_tokens)."""
-        probs, losses = captured["attn"].mean(1), []
-        for row, masks in enumerate(relevant):
-            if not len(masks):
-                continue
-            scored = (labels[row] != -100).nonzero().squeeze(1)
-            answer = scored[: (labels[row, scored] == end_id).int().argmax()]  # first turn, without its end token
-            image = (input_ids[row] == config.image_token_id).nonzero().squeeze(1)
-            rows = probs[row, answer - 1][:, image]
-            masks = masks.to(device).expand(len(answer), -1) if len(masks) == 1 else masks.to(device)
-            losses.append(-torch.log((rows * masks).sum(1) + 1e-6))
-        return torch.cat(losses).mean() if losses else probs.new_zeros(())
+    def guide_losses(guides: dict, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(question-field loss, attention loss) at the positions that predict each answer token (end excluded).
+        The attention loss is the cross-entropy from answer_guides' targets to the mean attention of half the heads
+        of each guided layer (the other heads stay free)."""
+        answer = (labels != -100) & (labels != end_id)
+        rows, positions = answer.nonzero(as_tuple=True)
+        positions = positions - 1
+        decoder = F.rms_norm(captured["decoder"][rows, positions], (hidden,))
+        field_logits = field_head(decoder).split(tuple(FIELDS.values()), 1)
+        fields = guides["fields"]
+        field_loss = sum(
+            F.cross_entropy(logit, fields[:, i], ignore_index=-100) if (fields[:, i] != -100).any() else 0.0
+            for i, logit in enumerate(field_logits)
+        )
+        # (sink, visual tokens) positions of each guided row: vision_start, then the image pads in order
+        image = input_ids[rows] == config.image_token_id
+        sink = (input_ids[rows] == config.vision_start_token_id).int().argmax(1, keepdim=True)
+        keys = torch.cat([sink, image.nonzero()[:, 1].view(len(rows), -1)], 1)
+        attention_loss = 0.0
+        for index, name in zip(guided, GUIDES[1:], strict=True):
+            target = guides[name]
+            probs = captured[index][rows, :guided_heads, positions].mean(1).gather(1, keys)
+            has = target.sum(1) > 0
+            if has.any():
+                attention_loss = attention_loss + (-(target * torch.log(probs + 1e-6)).sum(1))[has].mean()
+        return field_loss, attention_loss
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -153,14 +181,14 @@ def train(args: argparse.Namespace) -> None:
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    log, window, token_window, attention_window = [], {t: [] for t in TASK_TYPES}, [], []
+    log, window, token_window, attention_window, field_window = [], {t: [] for t in TASK_TYPES}, [], [], []
     started = time.perf_counter()
     for step, items in enumerate(loader):
         if step >= args.steps:
             break
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items]).to(device)
-        relevant = [item.pop("relevant") for item in items]
+        guides = {name: torch.cat([item.pop(name) for item in items]).to(device) for name in GUIDES}
         batch = {key: value.to(device) for key, value in collate(items, pad_id).items()}
         labels = batch.pop("labels")
         for group in optimizer.param_groups:
@@ -168,12 +196,14 @@ def train(args: argparse.Namespace) -> None:
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
         token_loss = dense_loss(targets, batch["input_ids"] == config.image_token_id)
-        attention_loss = grounding_loss(relevant, batch["input_ids"], labels)
+        field_loss, attention_loss = guide_losses(guides, batch["input_ids"], labels)
         optimizer.zero_grad(set_to_none=True)
-        (loss + args.token_loss_weight * token_loss + args.attention_loss_weight * attention_loss).backward()
+        guide_loss = token_loss + field_loss + attention_loss
+        (loss + args.guide_loss_weight * guide_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         token_window.append(token_loss.item())
-        attention_window.append(attention_loss.item())
+        attention_window.append(float(attention_loss))
+        field_window.append(float(field_loss))
         optimizer.step()
         for task, value, count in zip(tasks, loss_sum.tolist(), counts.tolist(), strict=True):
             window[task].append(value / count)
@@ -185,6 +215,7 @@ def train(args: argparse.Namespace) -> None:
                 "loss_by_task": {t: sum(v) / len(v) for t, v in window.items() if v},
                 "token_loss": sum(token_window) / len(token_window),
                 "attention_loss": sum(attention_window) / len(attention_window),
+                "field_loss": sum(field_window) / len(field_window),
             }
             if (step + 1) % (args.log_every * args.probe_every) == 0 or step + 1 == args.steps:
                 model.eval()
@@ -196,7 +227,7 @@ def train(args: argparse.Namespace) -> None:
                     for t in TASK_TYPES
                 }
             log.append(row)
-            window, token_window, attention_window = {t: [] for t in TASK_TYPES}, [], []
+            window, token_window, attention_window, field_window = {t: [] for t in TASK_TYPES}, [], [], []
             print(json.dumps(row), flush=True)
 
     elapsed = time.perf_counter() - started
@@ -227,10 +258,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES)
     parser.add_argument("--turns", type=int, default=4, help="questions per training image (answers all scored)")
-    parser.add_argument("--token-loss-weight", type=float, default=1.0, help="weight of the dense visual-token loss")
-    parser.add_argument("--position-layer", type=int, default=1, help="decoder layer taught token positions")
-    parser.add_argument("--attention-layer", type=int, default=2, help="decoder layer taught where to look")
-    parser.add_argument("--attention-loss-weight", type=float, default=0.5)
+    parser.add_argument("--guide-loss-weight", type=float, default=1.0, help="weight of the training-only losses")
+    parser.add_argument(
+        "--position-layer",
+        type=int,
+        default=1,
+        help="decoder layer taught positions and questions (the next two are taught where to look)",
+    )
     parser.add_argument("--hidden-size", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

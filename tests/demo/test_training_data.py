@@ -7,11 +7,12 @@ import torch
 
 from alvts.demo.build import build_processor, build_tokenizer
 from alvts.demo.data import (
+    FIELDS,
     NUM_CENTRE_CLASSES,
     PALETTE,
+    answer_guides,
     conversation,
     encode_conversation,
-    relevant_tokens,
     token_targets,
 )
 from alvts.inputs import encode_example
@@ -28,16 +29,17 @@ def processor():
 def test_conversation_starts_with_the_example_and_never_repeats_a_question(task):
     example = make_example(task, 3)
     turns = conversation(example, 4, random.Random(0))
-    assert turns[0] == (example.question, example.answer)
-    assert len({question for question, _ in turns}) == len(turns)
+    assert turns[0] == (example.question, example.answer, example.scene)
+    assert len({question for question, _, _ in turns}) == len(turns)
     # lookup and existence always have 3 more queries; reading has none; the others as many as the scene allows
     assert len(turns) == {"lookup": 4, "existence": 4, "reading": 1}.get(task, len(turns)) <= 4
 
 
 def test_extra_turns_ask_about_the_same_scene():
     example = make_example("counting", 7)
-    for question, answer in conversation(example, 4, random.Random(0)):
+    for question, answer, scene in conversation(example, 4, random.Random(0)):
         colour = question.split()[2]
+        assert scene["query"] == {"colour": colour}
         assert answer == answer_for({**example.scene, "query": {"colour": colour}})
 
 
@@ -48,10 +50,20 @@ def test_first_turn_is_what_inference_sees_and_labels_cover_every_answer(process
     assert all(torch.equal(v, encode_conversation(processor, example.image, turns[:1])[k]) for k, v in single.items())
     encoded = encode_conversation(processor, example.image, turns)
     labels = encoded["labels"][0]
-    expected = "".join(answer + "<|im_end|>" for _, answer in turns)
+    expected = "".join(answer + "<|im_end|>" for _, answer, _ in turns)
     assert processor.tokenizer.decode(labels[labels != -100]) == expected
     n = single["input_ids"].shape[1]
     assert torch.equal(encoded["input_ids"][0, :n], single["input_ids"][0])
+
+
+@pytest.mark.parametrize("task", TASK_TYPES)
+def test_each_answer_token_has_one_guide_row(task):
+    tokenizer = build_tokenizer()
+    for seed in range(10):
+        example = make_example(task, seed)
+        answer = tokenizer(example.answer, add_special_tokens=False).input_ids
+        fields, first, second = answer_guides(example.scene, 448)
+        assert len(answer) == len(fields) == len(first) == len(second), (example.answer, answer)
 
 
 def test_token_targets_mark_colours_and_centres_where_the_scene_puts_them():
@@ -76,19 +88,48 @@ def test_token_targets_number_the_digits_left_to_right():
     assert [str(c - 1 - len(SHAPES)) for c in digits[:, 1].tolist()] == list(example.answer)
 
 
-def test_relevant_tokens_cover_the_object_or_digits_that_hold_the_answer():
+def _token(point):
+    return int(point[1] * 448) // 28 * 16 + int(point[0] * 448) // 28
+
+
+def test_answer_guides_look_at_the_object_that_holds_the_answer():
     lookup = make_example("lookup", 2)
     query = lookup.scene["query"]
     target = lookup.scene["objects"][(query["row"] - 1) * 4 + query["col"] - 1]
-    x, y = target["centre"]
-    mask = relevant_tokens(lookup)
-    assert mask.shape == (1, 256) and mask[0, int(y * 448) // 28 * 16 + int(x * 448) // 28]
-    others = [obj for obj in lookup.scene["objects"] if obj is not target]
-    assert not any(mask[0, int(o["centre"][1] * 448) // 28 * 16 + int(o["centre"][0] * 448) // 28] for o in others)
+    fields, first, second = answer_guides(lookup.scene, 448)
+    assert first.shape == second.shape == (1, 257)
+    assert first[0, 1 + _token(target["centre"])] == 1 and not second.any()
+    asked = dict(zip(FIELDS, fields[0].tolist(), strict=True))
+    assert (asked["task"], asked["row"], asked["col"], asked["colour"]) == (0, query["row"] - 1, query["col"] - 1, -100)
+
+
+def test_counting_guides_give_the_sink_one_share_per_counted_shape():
+    example = make_example("counting", 5)
+    _, first, _ = answer_guides(example.scene, 448)
+    count = int(example.answer)
+    assert first[0, 0] == pytest.approx(1 / (count + 1))  # the sink's share encodes the count
+    assert (first[0, 1:] > 0).sum() == count
+    for obj in example.scene["objects"]:
+        assert (first[0, 1 + _token(obj["centre"])] > 0) == (obj["colour"] == example.scene["query"]["colour"])
+
+
+def test_existence_guides_look_at_the_sink_when_the_object_is_absent():
+    examples = [make_example("existence", seed) for seed in range(20)]
+    for example in examples:
+        _, first, _ = answer_guides(example.scene, 448)
+        assert (first[0, 0] == 1) == (example.answer == "no")
+    assert {e.answer for e in examples} == {"yes", "no"}
+
+
+def test_reading_and_relation_guides_have_one_row_per_answer_token():
     reading = make_example("reading", 0)
-    digits = relevant_tokens(reading)
-    centres = token_targets(reading)[:, 4]
-    assert len(digits) == len(reading.answer)
-    assert all(digits[i, centres == i + 1].all() for i in range(len(digits)))  # digit i's mask holds its centre
-    absent = next(e for e in (make_example("existence", s) for s in range(20)) if e.answer == "no")
-    assert relevant_tokens(absent).shape == (0, 256)
+    fields, first, _ = answer_guides(reading.scene, 448)
+    digits = token_targets(reading)[:, 4]
+    assert len(fields) == len(reading.answer)
+    assert all(digits[first[i, 1:] > 0].tolist() == [i + 1] for i in range(len(fields)))  # digit i looks at digit i
+    relation = make_example("relation", 0)
+    fields, first, second = answer_guides(relation.scene, 448)
+    anchor = relation.scene["objects"][relation.scene["query"]["anchor"]]
+    answer = next(o for o in relation.scene["objects"] if f"{o['colour']} {o['shape']}" == relation.answer)
+    assert len(fields) == 2 and fields[:, list(FIELDS).index("part")].tolist() == [0, 1]
+    assert (first[:, 1 + _token(anchor["centre"])] == 1).all() and (second[:, 1 + _token(answer["centre"])] == 1).all()
