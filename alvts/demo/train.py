@@ -251,13 +251,13 @@ def train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="alvts/demo/model")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES)
-    parser.add_argument("--turns", type=int, default=4, help="questions per training image (answers all scored)")
+    parser.add_argument("--turns", type=int, default=6, help="questions per training image (answers all scored)")
     parser.add_argument("--guide-loss-weight", type=float, default=1.0, help="weight of the training-only losses")
     parser.add_argument(
         "--position-layer",
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--probe-every", type=int, default=4, help="probe accuracy every this many log lines")
-    parser.add_argument("--probe-per-task", type=int, default=40)
+    parser.add_argument("--probe-per-task", type=int, default=20)
     train(parser.parse_args(argv))
 
 
