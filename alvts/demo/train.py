@@ -159,20 +159,20 @@ def train(args: argparse.Namespace) -> None:
         field_logits = field_head(decoder).split(tuple(FIELDS.values()), 1)
         fields = guides["fields"]
         field_loss = sum(
-            F.cross_entropy(logit, fields[:, i], ignore_index=-100) if (fields[:, i] != -100).any() else 0.0
-            for i, logit in enumerate(field_logits)
+            (F.cross_entropy(logit, fields[:, i]) for i, logit in enumerate(field_logits) if (fields[:, i] >= 0).any()),
+            decoder.new_zeros(()),
         )
         # (sink, visual tokens) positions of each guided row: vision_start, then the image pads in order
         image = input_ids[rows] == config.image_token_id
         sink = (input_ids[rows] == config.vision_start_token_id).int().argmax(1, keepdim=True)
         keys = torch.cat([sink, image.nonzero()[:, 1].view(len(rows), -1)], 1)
-        attention_loss = 0.0
+        attention_loss = decoder.new_zeros(())
         for index, name in zip(guided, GUIDES[1:], strict=True):
             target = guides[name]
             probs = captured[index][rows, :guided_heads, positions].mean(1).gather(1, keys)
             has = target.sum(1) > 0
             if has.any():
-                attention_loss = attention_loss + (-(target * torch.log(probs + 1e-6)).sum(1))[has].mean()
+                attention_loss = attention_loss - (target * torch.log(probs + 1e-6)).sum(1)[has].mean()
         return field_loss, attention_loss
 
     def lr_at(step: int) -> float:
@@ -202,8 +202,8 @@ def train(args: argparse.Namespace) -> None:
         (loss + args.guide_loss_weight * guide_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         token_window.append(token_loss.item())
-        attention_window.append(float(attention_loss))
-        field_window.append(float(field_loss))
+        attention_window.append(attention_loss.item())
+        field_window.append(field_loss.item())
         optimizer.step()
         for task, value, count in zip(tasks, loss_sum.tolist(), counts.tolist(), strict=True):
             window[task].append(value / count)
