@@ -40,33 +40,27 @@ def token_targets(example: Example) -> torch.Tensor:
     counts[..., 0] = counts[..., 0] // 4  # a token mostly background but partly shape is labelled with the shape
     colour = counts.argmax(-1)
 
-    centre, ordinal = torch.zeros(rows, cols, dtype=torch.long), torch.zeros(rows, cols, dtype=torch.long)
-
-    def cell(x: float, y: float) -> tuple[int, int]:
-        return min(int(y * height) // TOKEN_PIXELS, rows - 1), min(int(x * width) // TOKEN_PIXELS, cols - 1)
-
+    centre, ordinal = torch.zeros(rows * cols, dtype=torch.long), torch.zeros(rows * cols, dtype=torch.long)
     for obj in example.scene["objects"]:
-        centre[cell(*obj["centre"])] = 1 + SHAPES.index(obj["shape"])
+        centre[_centre_token(obj["centre"], width)] = 1 + SHAPES.index(obj["shape"])
     if "text" in example.scene:
-        for index, (char, (x0, y0, x1, y1)) in enumerate(
-            zip(example.scene["text"]["value"], _digit_boxes(example.scene), strict=True)
-        ):
-            at = cell((x0 + x1) / 2, (y0 + y1) / 2)
+        digits = zip(example.scene["text"]["value"], _digit_centres(example.scene), strict=True)
+        for index, (char, point) in enumerate(digits):
+            at = _centre_token(point, width)
             centre[at], ordinal[at] = 1 + len(SHAPES) + int(char), index + 1
     row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    return torch.stack([colour, centre, row, col, ordinal], -1).flatten(0, 1)
+    return torch.stack([colour.flatten(), centre, row.flatten(), col.flatten(), ordinal], -1)
 
 
-def _digit_boxes(scene: dict) -> list[list[float]]:
-    """Relative [x0, y0, x1, y1] of each glyph of the scene's number, left to right."""
+def _digit_centres(scene: dict) -> list[tuple[float, float]]:
+    """Relative (x, y) centre of each glyph of the scene's number, left to right."""
     text = scene["text"]
     x0, y0 = text["bbox"][:2]
     units = text["units"]
     return [
-        [x0 + i * (GLYPH_WIDTH + GLYPH_GAP) / units, y0, x0 + (i * (GLYPH_WIDTH + GLYPH_GAP) + GLYPH_WIDTH) / units,
-         y0 + GLYPH_HEIGHT / units]
+        (x0 + (i * (GLYPH_WIDTH + GLYPH_GAP) + GLYPH_WIDTH / 2) / units, y0 + GLYPH_HEIGHT / 2 / units)
         for i in range(len(text["value"]))
-    ]  # fmt: skip
+    ]
 
 
 FIELDS: dict[str, int] = {
@@ -106,10 +100,9 @@ def answer_guides(scene: dict, size: int) -> tuple[torch.Tensor, torch.Tensor, t
     empty = torch.zeros(1 + (size // TOKEN_PIXELS) ** 2)
     centres = [_centre_token(obj["centre"], size) for obj in objects]
     if task == "reading":
-        boxes = _digit_boxes(scene)
         rows = [
-            (fields | {"part": i}, _attend([_centre_token(((x0 + x1) / 2, (y0 + y1) / 2), size)], size), empty)
-            for i, (x0, y0, x1, y1) in enumerate(boxes)
+            (fields | {"part": i}, _attend([_centre_token(point, size)], size), empty)
+            for i, point in enumerate(_digit_centres(scene))
         ]
     elif task == "lookup":
         fields |= {"row": query["row"] - 1, "col": query["col"] - 1}
@@ -121,7 +114,9 @@ def answer_guides(scene: dict, size: int) -> tuple[torch.Tensor, torch.Tensor, t
     elif task == "existence":
         fields |= {"colour": COLOUR_NAMES.index(query["colour"]), "shape": SHAPES.index(query["shape"])}
         chosen = [
-            c for c, obj in zip(centres, objects, strict=True) if (obj["colour"], obj["shape"]) == tuple(query.values())
+            c
+            for c, obj in zip(centres, objects, strict=True)
+            if (obj["colour"], obj["shape"]) == (query["colour"], query["shape"])
         ]
         rows = [(fields, _attend(chosen, size, sink=not chosen), empty)]
     elif task == "relation":

@@ -100,7 +100,12 @@ def test_answer_guides_look_at_the_object_that_holds_the_answer():
     assert first.shape == second.shape == (1, 257)
     assert first[0, 1 + _token(target["centre"])] == 1 and not second.any()
     asked = dict(zip(FIELDS, fields[0].tolist(), strict=True))
-    assert (asked["task"], asked["row"], asked["col"], asked["colour"]) == (0, query["row"] - 1, query["col"] - 1, -100)
+    assert (asked["task"], asked["row"], asked["col"], asked["colour"]) == (
+        TASK_TYPES.index("lookup"),
+        query["row"] - 1,
+        query["col"] - 1,
+        -100,
+    )
 
 
 def test_counting_guides_give_the_sink_one_share_per_counted_shape():
