@@ -102,8 +102,13 @@ def train(args: argparse.Namespace) -> None:
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
     device = torch.device(args.device)
-    config = build_config(tokenizer, hidden_size=args.hidden_size, num_layers=args.layers)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(device).train()
+    if args.init_from:  # a second stage: the weights of an earlier run, fresh optimizer and schedule
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
+        config = model.config
+    else:
+        config = build_config(tokenizer, hidden_size=args.hidden_size, num_layers=args.layers)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model = model.to(device).train()
     model.set_attn_implementation("eager")  # attention weights for the grounding loss (the saved config keeps sdpa)
     pad_id = tokenizer.pad_token_id
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
@@ -112,10 +117,10 @@ def train(args: argparse.Namespace) -> None:
     probe = collate([encode_example(processor, e.image, e.question, e.answer) for e in probe_examples], pad_id)
     probe_tasks = [e.task for e in probe_examples]
 
-    stream = TrainingStream(processor, args.tasks, turns=args.turns)
+    stream = TrainingStream(processor, args.tasks, start=args.start_example, turns=args.turns)
     loader = DataLoader(
         stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
-        persistent_workers=args.workers > 0,
+        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
     )  # fmt: skip
     # Training-only heads and hooks (see token_targets and answer_guides), not part of the saved model: the colour and
     # centre of every merged visual token from the vision tower's output; each visual token's row, column and digit
@@ -150,8 +155,9 @@ def train(args: argparse.Namespace) -> None:
 
     def guide_losses(guides: dict, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(question-field loss, attention loss) at the positions that predict each answer token (end excluded).
-        The attention loss is the cross-entropy from answer_guides' targets to the mean attention of half the heads
-        of each guided layer (the other heads stay free)."""
+        The attention loss is the cross-entropy from answer_guides' targets to the attention of each of half the heads
+        of each guided layer (the other heads stay free). Per head, not on the heads' mean: the mean's loss vanishes
+        through saturated softmaxes, and one head then owns the sink for good (counting and existence stall)."""
         answer = (labels != -100) & (labels != end_id)
         rows, positions = answer.nonzero(as_tuple=True)
         positions = positions - 1
@@ -166,22 +172,24 @@ def train(args: argparse.Namespace) -> None:
         image = input_ids[rows] == config.image_token_id
         sink = (input_ids[rows] == config.vision_start_token_id).int().argmax(1, keepdim=True)
         keys = torch.cat([sink, image.nonzero()[:, 1].view(len(rows), -1)], 1)
-        attention_loss = decoder.new_zeros(())
+        head_keys, attention_loss = keys[:, None].expand(-1, guided_heads, -1), decoder.new_zeros(())
         for index, name in zip(guided, GUIDES[1:], strict=True):
             target = guides[name]
-            probs = captured[index][rows, :guided_heads, positions].mean(1).gather(1, keys)
+            probs = captured[index][rows, :guided_heads, positions].gather(2, head_keys)
             has = target.sum(1) > 0
             if has.any():
-                attention_loss = attention_loss - (target * torch.log(probs + 1e-6)).sum(1)[has].mean()
+                cross_entropy = -(target[:, None] * torch.log(probs + 1e-12)).sum(2).mean(1)
+                attention_loss = attention_loss + cross_entropy[has].mean()
         return field_loss, attention_loss
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        decay = args.steps - args.warmup if args.decay_steps is None else args.decay_steps
+        progress = max(0, step - (args.steps - decay)) / max(1, decay)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    log, window, token_window, attention_window, field_window = [], {t: [] for t in TASK_TYPES}, [], [], []
+    log, window = [], []
     started = time.perf_counter()
     for step, items in enumerate(loader):
         if step >= args.steps:
@@ -189,7 +197,7 @@ def train(args: argparse.Namespace) -> None:
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items]).to(device)
         guides = {name: torch.cat([item.pop(name) for item in items]).to(device) for name in GUIDES}
-        batch = {key: value.to(device) for key, value in collate(items, pad_id).items()}
+        batch = {key: value.to(device, non_blocking=True) for key, value in collate(items, pad_id).items()}
         labels = batch.pop("labels")
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -201,21 +209,21 @@ def train(args: argparse.Namespace) -> None:
         guide_loss = token_loss + field_loss + attention_loss
         (loss + args.guide_loss_weight * guide_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        token_window.append(token_loss.item())
-        attention_window.append(attention_loss.item())
-        field_window.append(field_loss.item())
         optimizer.step()
-        for task, value, count in zip(tasks, loss_sum.tolist(), counts.tolist(), strict=True):
-            window[task].append(value / count)
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+        guides_now = torch.stack([token_loss, field_loss, attention_loss]).detach()
+        window.append((tasks, (loss_sum / counts).detach(), guides_now))
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:  # the only host syncs of a step
+            by_task = {t: [] for t in TASK_TYPES}
+            for step_tasks, per_example, _ in window:
+                for task, value in zip(step_tasks, per_example.tolist(), strict=True):
+                    by_task[task].append(value)
+            guide_means = torch.stack([guide for *_, guide in window]).mean(0).tolist()
             row = {
                 "step": step + 1,
                 "seconds": round(time.perf_counter() - started, 1),
                 "lr": lr_at(step),
-                "loss_by_task": {t: sum(v) / len(v) for t, v in window.items() if v},
-                "token_loss": sum(token_window) / len(token_window),
-                "attention_loss": sum(attention_window) / len(attention_window),
-                "field_loss": sum(field_window) / len(field_window),
+                "loss_by_task": {t: sum(v) / len(v) for t, v in by_task.items() if v},
+                **dict(zip(("token_loss", "field_loss", "attention_loss"), guide_means, strict=True)),
             }
             if (step + 1) % (args.log_every * args.probe_every) == 0 or step + 1 == args.steps:
                 model.eval()
@@ -227,7 +235,7 @@ def train(args: argparse.Namespace) -> None:
                     for t in TASK_TYPES
                 }
             log.append(row)
-            window, token_window, attention_window, field_window = {t: [] for t in TASK_TYPES}, [], [], []
+            window = []
             print(json.dumps(row), flush=True)
 
     elapsed = time.perf_counter() - started
@@ -255,7 +263,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument(
+        "--decay-steps", type=int, help="cosine-decay the last this many steps (default: all after warmup; 0: constant)"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-from", help="start from this checkpoint's weights (a second training stage)")
+    parser.add_argument("--start-example", type=int, default=0, help="first training-stream index (after a stage)")
     parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES)
     parser.add_argument("--turns", type=int, default=6, help="questions per training image (answers all scored)")
     parser.add_argument("--guide-loss-weight", type=float, default=1.0, help="weight of the training-only losses")
