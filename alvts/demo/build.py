@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2VLImageProcessorPil
 
 from ..processor import ImageOnlyQwen2_5_VLProcessor
-from ..tasks import TASK_TYPES, make_example
+from ..tasks import TASK_TYPES, generate_scene, question_for
 from ..tasks.vocab import BACKGROUND
 
 SPECIAL_TOKENS = (
@@ -38,12 +38,8 @@ def build_tokenizer(vocab_size: int = 400, examples_per_task: int = 200) -> PreT
     """Byte-level BPE fitted on the suite's questions and answers, with enough merges that every word is one token
     (an answer's first token then carries the whole answer); digits stay single tokens, so numbers read digit by
     digit."""
-    corpus = [
-        text
-        for task in TASK_TYPES
-        for seed in range(examples_per_task)
-        for text in (make_example(task, seed, image_size=56).question, make_example(task, seed, 56).answer)
-    ]
+    scenes = [generate_scene(task, seed) for task in TASK_TYPES for seed in range(examples_per_task)]
+    corpus = [text for scene, answer in scenes for text in (question_for(scene), answer)]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]

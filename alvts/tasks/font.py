@@ -4,7 +4,7 @@ from PIL import ImageDraw
 
 GLYPH_WIDTH = 5
 GLYPH_HEIGHT = 7
-GLYPH_GAP = 1
+GLYPH_GAP = 2
 GLYPHS: dict[str, tuple[str, ...]] = {
     "0": (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
     "1": ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),

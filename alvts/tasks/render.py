@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from .font import draw_text
 from .vocab import BACKGROUND, COLOURS, TEXT_COLOUR
 
-MIN_IMAGE_SIZE = 56  # below this the bitmap font would be scaled to zero pixels
+MIN_IMAGE_SIZE = 112  # below this the bitmap font would be scaled to zero pixels
 
 
 def _pixels(box: Sequence[float], image_size: int) -> tuple[int, int, int, int]:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import random
 import zlib
 from collections.abc import Callable, Sequence
 
-from .font import text_extent
-from .geometry import MARGIN, centre, is_unambiguous, place, square
+from .font import GLYPH_GAP, GLYPH_WIDTH, text_extent
+from .geometry import MARGIN, centre, is_unambiguous, nearest_in_direction, place, square
 from .vocab import COLOURS, COMBOS, DIRECTIONS, NEGATIVE_MODES, POPULAR_TOP_K, POPULARITY, POPULARITY_WEIGHTS, SHAPES
 
 GRID = 4  # lookup grid is GRID x GRID cells
-TEXT_UNITS = 56  # a font pixel is 1/TEXT_UNITS of the image side: 7-pixel digits are one 28-px token tall at 224 px
+TEXT_UNITS = 112  # a font pixel is 1/TEXT_UNITS of the image side: at 448 px a glyph (5 x 7) with its gap fills
+GLYPH_PITCH = GLYPH_WIDTH + GLYPH_GAP  # one 28-px visual token, so each digit lives in exactly one token
 SHAPE_SIZES = (0.10, 0.14)  # side of a scattered shape as a fraction of the image side
 COUNTING_SIZES = (0.09, 0.12)  # smaller, since counting scenes hold up to 11 shapes
 
@@ -35,16 +35,21 @@ def _retry(rng: random.Random, attempt: Callable[[random.Random], tuple[Scene, s
     raise RuntimeError("scene constraints could not be met")
 
 
-def _lookup(rng: random.Random) -> tuple[Scene, str]:
-    """A GRID x GRID grid of shapes; the question names one cell, so the answer lives in a few visual tokens."""
+def _grid(rng: random.Random, combos: Sequence[tuple[str, str]]) -> list[dict]:
+    """A GRID x GRID grid of shapes in raster order, one per (colour, shape), each knowing its 1-based row and col."""
     cell = (1 - 2 * MARGIN) / GRID
     size = 0.6 * cell
     objects = []
-    for row in range(GRID):
-        for col in range(GRID):
-            box = square(MARGIN + col * cell + (cell - size) / 2, MARGIN + row * cell + (cell - size) / 2, size)
-            obj = _shape(rng.choice(COLOUR_NAMES), rng.choice(SHAPES), box)
-            objects.append({**obj, "row": row + 1, "col": col + 1})
+    for index, (colour, shape) in enumerate(combos):
+        row, col = divmod(index, GRID)
+        box = square(MARGIN + col * cell + (cell - size) / 2, MARGIN + row * cell + (cell - size) / 2, size)
+        objects.append({**_shape(colour, shape, box), "row": row + 1, "col": col + 1})
+    return objects
+
+
+def _lookup(rng: random.Random) -> tuple[Scene, str]:
+    """A grid of shapes; the question names one cell, so the answer lives in a few visual tokens."""
+    objects = _grid(rng, [(rng.choice(COLOUR_NAMES), rng.choice(SHAPES)) for _ in range(GRID * GRID)])
     row, col = rng.randint(1, GRID), rng.randint(1, GRID)
     query = {"row": row, "col": col}
     scene = {"task": "lookup", "grid": {"rows": GRID, "cols": GRID}, "objects": objects, "query": query}
@@ -98,39 +103,31 @@ def _existence_attempt(rng: random.Random) -> tuple[Scene, str] | None:
 def _reading(rng: random.Random) -> tuple[Scene, str]:
     """A 3-5 digit number in the bitmap font plus 1-3 distractor shapes; the answer is a multi-token string."""
     text = str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(2, 4)))
-    width, height = (units / TEXT_UNITS for units in text_extent(text))
-    x, y = rng.uniform(MARGIN, 1 - MARGIN - width), rng.uniform(MARGIN, 1 - MARGIN - height)
-    text_box = [round(x, 4), round(y, 4), round(x + width, 4), round(y + height, 4)]
+    # glyph i fills token column k + i of token row m (at 448 px): one digit per visual token
+    width, height = text_extent(text)  # font pixels
+    k = rng.randint(1, (int((1 - MARGIN) * TEXT_UNITS) - width - 1) // GLYPH_PITCH)
+    m = rng.randint(1, (int((1 - MARGIN) * TEXT_UNITS) - height) // GLYPH_PITCH)
+    x, y = (GLYPH_PITCH * k + 1) / TEXT_UNITS, GLYPH_PITCH * m / TEXT_UNITS
+    text_box = [round(x, 4), round(y, 4), round(x + width / TEXT_UNITS, 4), round(y + height / TEXT_UNITS, 4)]
     boxes = place(rng, rng.randint(1, 3), SHAPE_SIZES, avoid=[text_box])
     objects = [_shape(rng.choice(COLOUR_NAMES), rng.choice(SHAPES), box) for box in boxes]
     scene = {"task": "reading", "objects": objects, "text": {"value": text, "bbox": text_box, "units": TEXT_UNITS}}
     return scene, text
 
 
-def _relation_attempt(rng: random.Random) -> tuple[Scene, str] | None:
-    """One try at a relation scene: 4-7 distinct shapes and the first (anchor, direction) with a clear answer."""
-    combos = rng.sample(COMBOS, rng.randint(4, 7))
-    boxes = place(rng, len(combos), SHAPE_SIZES)
-    objects = [_shape(colour, shape, box) for (colour, shape), box in zip(combos, boxes, strict=True)]
+def _relation(rng: random.Random) -> tuple[Scene, str]:
+    """A grid of distinct shapes; the question names one by what it is and asks for its neighbour in a direction, so
+    where to look depends on the question: find the anchor anywhere, then the cell next to it."""
+    objects = _grid(rng, rng.sample(COMBOS, GRID * GRID))
     centres = [obj["centre"] for obj in objects]
-    pairs = [(anchor, direction) for anchor in range(len(objects)) for direction in DIRECTIONS]
-    rng.shuffle(pairs)
-    for anchor, direction in pairs:
-        if is_unambiguous(centres, anchor, direction):
-            scene = {"task": "relation", "objects": objects, "query": {"anchor": anchor, "direction": direction}}
-            target = min(
-                (index for index in range(len(objects)) if index != anchor),
-                key=lambda index: _directional_distance(centres, anchor, index, direction),
-            )
-            return scene, f"{objects[target]['colour']} {objects[target]['shape']}"
-    return None
-
-
-def _directional_distance(centres: Sequence[Sequence[float]], anchor: int, index: int, direction: str) -> float:
-    """Distance to a centre ahead of the anchor (half-plane, not answer_for's cone), infinity for centres behind it."""
-    dx, dy = DIRECTIONS[direction]
-    ox, oy = centres[index][0] - centres[anchor][0], centres[index][1] - centres[anchor][1]
-    return math.hypot(ox, oy) if ox * dx + oy * dy > 0 else math.inf
+    pairs = [(a, d) for a in range(len(objects)) for d in DIRECTIONS if is_unambiguous(centres, a, d)]
+    anchor, direction = rng.choice(pairs)
+    scene = {
+        "task": "relation", "grid": {"rows": GRID, "cols": GRID}, "objects": objects,
+        "query": {"anchor": anchor, "direction": direction},
+    }  # fmt: skip
+    target = objects[nearest_in_direction(centres, anchor, direction)]
+    return scene, f"{target['colour']} {target['shape']}"
 
 
 GENERATORS: dict[str, Generator] = {
@@ -138,7 +135,7 @@ GENERATORS: dict[str, Generator] = {
     "counting": _counting,
     "existence": lambda rng: _retry(rng, _existence_attempt),
     "reading": _reading,
-    "relation": lambda rng: _retry(rng, _relation_attempt),
+    "relation": _relation,
 }
 TASK_TYPES: tuple[str, ...] = tuple(GENERATORS)
 

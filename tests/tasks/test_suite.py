@@ -26,7 +26,7 @@ from alvts.tasks import (
 )
 from alvts.tasks.font import GLYPH_GAP, GLYPH_HEIGHT, GLYPH_WIDTH, GLYPHS
 from alvts.tasks.geometry import is_unambiguous, overlaps
-from alvts.tasks.vocab import BACKGROUND, COLOURS, NEGATIVE_MODES, POPULAR_TOP_K, POPULARITY, SHAPES
+from alvts.tasks.vocab import BACKGROUND, COLOURS, DIRECTIONS, NEGATIVE_MODES, POPULAR_TOP_K, POPULARITY, SHAPES
 
 SIZE = 224  # fast tests render at 224 px (8x8 visual tokens of 28 px)
 SEEDS = range(50)
@@ -127,6 +127,28 @@ def test_relation_answers_unambiguous():
         assert len(set(names)) == len(names)
         assert is_unambiguous([obj["centre"] for obj in objects], query["anchor"], query["direction"])
         assert answer in names and answer != names[query["anchor"]]
+
+
+def test_relation_answer_is_the_grid_neighbour():
+    for seed in SEEDS:
+        scene, answer = generate_scene("relation", seed)
+        anchor = scene["objects"][scene["query"]["anchor"]]
+        dx, dy = DIRECTIONS[scene["query"]["direction"]]
+        (neighbour,) = [o for o in scene["objects"] if (o["row"], o["col"]) == (anchor["row"] + dy, anchor["col"] + dx)]
+        assert answer == f"{neighbour['colour']} {neighbour['shape']}"
+
+
+def test_reading_digits_fill_one_token_each_at_448():
+    token = 28
+    for seed in range(20):
+        scene, text = generate_scene("reading", seed)
+        x0, y0, _, y1 = (round(v * 448) for v in scene["text"]["bbox"])
+        assert y0 % token == 0 and y1 - y0 == token
+        pitch = (GLYPH_WIDTH + GLYPH_GAP) * 448 // scene["text"]["units"]
+        for index in range(len(text)):
+            left = x0 + index * pitch
+            right = left + GLYPH_WIDTH * 448 // scene["text"]["units"] - 1
+            assert left // token == right // token == x0 // token + index
 
 
 def test_reading_digits_drawn_where_scene_says():
