@@ -151,7 +151,14 @@ def train(args: argparse.Namespace) -> None:
         # the image tokens' residual stream then drowns whatever the decoder writes into it (the image goes unused).
         visual, decoder = F.rms_norm(captured["visual"], (hidden,)), F.rms_norm(captured["decoder"], (hidden,))
         logits = torch.cat([token_head(visual), position_head(decoder[image_positions])], 1)
-        return sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(logits.split(splits, 1)))
+        parts = logits.split(splits, 1)
+        loss = sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(parts))
+        # centres and digit orders are a few tokens per image: without their own mean, "none" swamps them (the
+        # vision tower then never tells digits apart, and reading stays at chance)
+        for i in (1, 4):
+            marked = targets[:, i] > 0
+            loss = loss + F.cross_entropy(parts[i][marked], targets[marked, i]) if marked.any() else loss
+        return loss
 
     def guide_losses(guides: dict, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(question-field loss, attention loss) at the positions that predict each answer token (end excluded).
