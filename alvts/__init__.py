@@ -3,6 +3,7 @@
 from . import demo
 from ._version import __version__
 from .api import apply, get_router, remove, routed, routing_state
+from .baselines import DenseEarlyRandomPolicy, DivPrunePolicy, FastVPolicy, PyramidDropPolicy, V2DropPolicy
 from .pack import SelectorConfig, SelectorPack
 from .policies import FullPolicy, LayerInputs, OraclePolicy, Policy, RandomPolicy, attention_importance, get_policy
 from .processor import load_processor
@@ -10,6 +11,11 @@ from .routing import KeepSchedule, RoutedCache, supported_model_classes
 from .selector import LowRankSelector
 
 __all__ = [
+    "DenseEarlyRandomPolicy",
+    "DivPrunePolicy",
+    "FastVPolicy",
+    "PyramidDropPolicy",
+    "V2DropPolicy",
     "FullPolicy",
     "KeepSchedule",
     "LayerInputs",

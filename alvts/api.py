@@ -44,6 +44,9 @@ def apply(
         if policy.default_keep is None:
             raise ValueError(f"Policy {policy!r} needs a budget: pass keep=<ratio in (0, 1]> or keep_tokens=<count>.")
         keep = policy.default_keep
+    if isinstance(keep, (int, float)) and not isinstance(keep, bool) and keep_tokens is None:
+        KeepSchedule.build(num_layers, keep)  # the user's ratio is checked before the policy spreads it over layers
+        keep = list(policy.layer_keeps(float(keep), num_layers))
     schedule = KeepSchedule.build(num_layers, keep, keep_tokens)
     if isinstance(policy, FullPolicy) and not all(schedule.is_dense(i) for i in range(num_layers)):
         raise ValueError("Policy 'full' keeps every visual token; use keep=1.0, or another policy to drop tokens.")

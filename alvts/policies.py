@@ -26,6 +26,8 @@ class LayerInputs:
     visual: torch.Tensor  # (batch, seq) bool: valid visual tokens of this call
     valid: torch.Tensor  # (batch, seq) bool: not padding
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (batch, seq, head_dim)
+    previous: torch.Tensor | None = None  # (batch, seq) bool: visual tokens that went through the previous layer
+    previous_hidden: torch.Tensor | None = None  # the previous layer's input, for policies that ask for it
     _normed: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -37,14 +39,20 @@ class LayerInputs:
 
 
 class Policy:
-    """Base class: subclasses set `name` and implement `scores`."""
+    """Base class: subclasses set `name` and implement `scores`; schedules other than "keep at every layer" override
+    `layer_keeps`."""
 
     name: ClassVar[str] = "policy"
     default_keep: ClassVar[float | None] = None  # used when `alvts.apply` gets no budget
+    needs_previous_hidden: ClassVar[bool] = False  # the router then keeps each layer's input for the next layer
 
     def scores(self, inputs: LayerInputs) -> torch.Tensor:
         """`(batch, seq)` float scores; only the entries at visual tokens are read."""
         raise NotImplementedError
+
+    def layer_keeps(self, keep: float, num_layers: int) -> tuple[float, ...]:
+        """Per-layer keep ratios averaging `keep` (budgets compare visual tokens processed per layer)."""
+        return (keep,) * num_layers
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -48,6 +48,7 @@ class _Call:
     valid: torch.Tensor  # (batch, seq) bool
     visual: torch.Tensor | None  # (batch, seq) bool, valid visual tokens; None for a text-only call
     cache: RoutedCache | None
+    previous_hidden: torch.Tensor | None = None  # last layer's input, kept only for policies that ask
 
 
 def top_k_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -214,6 +215,8 @@ class Router:
         if cos.shape[-2] != seq:
             raise RuntimeError(f"Rotary embeddings cover {cos.shape[-2]} tokens, the layer input {seq}.")
         keep = self._keep(layer_idx, layer, hidden_states, position_embeddings, call)
+        if self.policy.needs_previous_hidden:
+            call.previous_hidden = hidden_states
         cache = call.cache
 
         if bool(keep.all()):
@@ -272,6 +275,8 @@ class Router:
                     visual=visual,
                     valid=call.valid,
                     position_embeddings=position_embeddings,
+                    previous=self.state.selected.get(layer_idx - 1, visual),
+                    previous_hidden=call.previous_hidden,
                 )
             )
             if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != tuple(visual.shape):
