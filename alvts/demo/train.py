@@ -157,7 +157,8 @@ def train(args: argparse.Namespace) -> None:
         # vision tower then never tells digits apart, and reading stays at chance)
         for i in (1, 4):
             marked = targets[:, i] > 0
-            loss = loss + F.cross_entropy(parts[i][marked], targets[marked, i]) if marked.any() else loss
+            if marked.any():
+                loss = loss + F.cross_entropy(parts[i][marked], targets[marked, i])
         return loss
 
     def guide_losses(guides: dict, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
