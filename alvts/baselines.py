@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .policies import POLICIES, LayerInputs, Policy, RandomPolicy, rotate
+from .policies import POLICIES, LayerInputs, Policy, RandomPolicy, rotated_queries_keys
 
 
 def staged_keeps(keep: float, stages: Sequence[int], method: str, fix: str) -> tuple[float, ...]:
@@ -39,18 +39,13 @@ def kept_before(scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def last_token_attention(inputs: LayerInputs) -> torch.Tensor:
     """`(batch, seq)` attention that each row's last valid token pays every token at this layer, head-averaged."""
-    attention, normed = inputs.attention, inputs.normed
-    batch, seq, _ = normed.shape
-    rows = torch.arange(batch, device=normed.device)
+    batch, seq = inputs.valid.shape
+    rows = torch.arange(batch, device=inputs.valid.device)
     last = seq - 1 - inputs.valid.flip(1).int().argmax(1)
-    cos, sin = (t.expand(batch, -1, -1).float() for t in inputs.position_embeddings)
-    head_dim = attention.head_dim
-    q = attention.q_proj(normed[rows, last]).view(batch, -1, 1, head_dim).float()
-    k = attention.k_proj(normed).view(batch, seq, -1, head_dim).transpose(1, 2).float()
-    q, k = rotate(q, cos[rows, last][:, None], sin[rows, last][:, None]), rotate(k, cos, sin)
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    logits = (q @ k.transpose(-1, -2)).squeeze(2) * attention.scaling  # (batch, heads, seq)
-    visible = inputs.valid & (torch.arange(seq, device=normed.device)[None] <= last[:, None])
+    q, k = rotated_queries_keys(inputs.attention, inputs.normed, inputs.position_embeddings)
+    q = q[rows, :, last][:, :, None]  # (batch, heads, 1, head_dim)
+    logits = (q @ k.transpose(-1, -2)).squeeze(2) * inputs.attention.scaling  # (batch, heads, seq)
+    visible = inputs.valid & (torch.arange(seq, device=rows.device)[None] <= last[:, None])
     return torch.softmax(logits.masked_fill(~visible[:, None], float("-inf")), -1).mean(1)
 
 

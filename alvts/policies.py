@@ -121,14 +121,21 @@ def attention_importance(
     Uses the layer's own q/k projections, RoPE, the causal mask and the padding mask; softmax over all valid keys.
     Returns `(batch, seq)` fp32 with -inf at non-visual positions.
     """
+    q, k = rotated_queries_keys(attention, normed, position_embeddings)
+    return received_attention_log_scores(q, k, attention.scaling, visual, valid, chunk_size)
+
+
+def rotated_queries_keys(
+    attention: nn.Module, normed: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's fp32 queries and keys `(batch, heads, seq, head_dim)` with RoPE, keys repeated per query head."""
     b, seq, _ = normed.shape
     head_dim = attention.head_dim
     cos, sin = (t.expand(b, -1, -1).float() for t in position_embeddings)
     q = attention.q_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
     k = attention.k_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: key group g(h) for every query head h
-    return received_attention_log_scores(q, k, attention.scaling, visual, valid, chunk_size)
+    return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: key group g(h) for every query head h
 
 
 def received_attention_log_scores(
