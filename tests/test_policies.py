@@ -71,5 +71,8 @@ def test_random_policy_is_seeded():
 
 def test_policy_names_resolve_and_unknown_names_are_refused():
     assert {get_policy(n).name for n in ("full", "random", "oracle")} == {"full", "random", "oracle"}
-    with pytest.raises(ValueError, match=r"Unknown policy 'fastest'.*\['divprune', 'fastv', 'full', 'oracle', 'pdrop', 'random', 'random-dense'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown policy 'fastest'.*\['divprune', 'fastv', 'full', 'oracle', 'pdrop', 'random', 'random-dense'",
+    ):
         get_policy("fastest")
