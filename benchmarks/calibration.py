@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from alvts.calibration import CalibrationConfig, calibrate
-from alvts.cli.calibrate import encode_samples, load_model_and_processor
+from alvts.cli.calibrate import encode_samples
+from alvts.cli.common import load_model_and_processor
 from alvts.data import load_calibration_rows
 from alvts.fit import RECALL_RATIOS
 

@@ -8,35 +8,24 @@ weights that are neither local nor downloadable end with one message on stderr a
 from __future__ import annotations
 
 import argparse
-import re
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants, get_token
+from huggingface_hub import get_token
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig, PreTrainedModel, ProcessorMixin
-from transformers.utils import is_accelerate_available
+from transformers import ProcessorMixin
 
 from ..calibration import CalibrationConfig, calibrate
 from ..data import BUILTIN_NAME, CalibrationDataError, load_calibration_rows
-from ..demo import resolve_model
 from ..inputs import encode_example
 from ..pack import SelectorPack
-from ..processor import load_processor
 from ..recipes import RECIPES_ENV, available_recipes, load_recipe
-from ..routing.adapters import ADAPTERS, supported_model_classes
+from .common import DTYPES, CommandError, first_line, load_model_and_processor, run_command
 
 PROG = "alvts-calibrate"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LOSSES = ("mse+kl", "mse")
 INITS = ("whitened", "svd")
-HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # what a Hub model id looks like; anything else is a local path
-
-
-class CommandError(Exception):
-    """A failure the user can fix; `main` prints its message and exits with status 2."""
 
 
 def parse_layers(spec: str) -> list[int] | None:
@@ -127,76 +116,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, has_r
             parser.error(message)
 
 
-def load_model_and_processor(
-    model_id: str, device: str, dtype: str | None, layers: list[int] | None = None, trust_remote_code: bool = False
-) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """The processor and config first (small files: missing files, an unsupported family or out-of-range `layers`
-    show before the weights load), then the model with sdpa attention in eval mode; device "auto" is CUDA if
-    available, spread by accelerate where it is installed."""
-    path = resolve_model(model_id)
-    target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
-    spread = device == "auto" and is_accelerate_available()
-    try:
-        processor = load_processor(path, **kwargs)
-        _check_config(model_id, AutoConfig.from_pretrained(path, **kwargs), layers)
-        model = AutoModelForImageTextToText.from_pretrained(
-            path,
-            dtype=DTYPES[dtype or ("bf16" if target == "cuda" else "fp32")],
-            attn_implementation="sdpa",
-            **({"device_map": "auto"} if spread else {}),
-            **kwargs,
-        )
-    except OSError as err:
-        raise CommandError(_weights_help(model_id, path, err)) from None
-    except ValueError as err:
-        raise CommandError(f"Cannot load {model_id!r} as an image-text-to-text model: {_first_line(err)}") from None
-    if not spread:
-        model.to(target)
-    return model.eval(), processor
-
-
-def _check_config(model_id: str, config: PretrainedConfig, layers: list[int] | None) -> None:
-    """Refuse a model family alvts cannot route, or `--layers` past the model's last decoder layer."""
-    if config.model_type not in ADAPTERS:
-        raise CommandError(
-            f"alvts does not support {model_id!r} (model_type {config.model_type!r}); supported model classes: "
-            f"{', '.join(supported_model_classes())}."
-        )
-    num_layers = config.get_text_config().num_hidden_layers
-    if layers is not None and layers[-1] >= num_layers:
-        raise CommandError(f"--layers asks for layer {layers[-1]}; {model_id} has layers 0-{num_layers - 1}.")
-
-
-def _weights_help(model_id: str, path: str, err: Exception) -> str:
-    """What was tried for weights that would not load, and how to get them."""
-    if Path(path).exists():
-        return (
-            f"Cannot load the model in {path} ({_first_line(err)}); the folder needs the config, weights and "
-            "processor files that the model's and the processor's save_pretrained write."
-        )
-    if not HUB_ID.fullmatch(path):
-        return (
-            f"No model folder at {path}. Pass --model a folder written by save_pretrained, a Hub model id, or a "
-            f"recipe alias ({', '.join(available_recipes()) or 'none found'})."
-        )
-    hint = (
-        "HF_HUB_OFFLINE is set, so nothing is downloaded: unset it, or download the weights while online."
-        if constants.HF_HUB_OFFLINE
-        else "Check the id and your connection; gated or private models need `hf auth login` first."
-    )
-    return (
-        f"Cannot load model {model_id!r}: it is not a local folder, and it is not in the Hugging Face cache or could "
-        f"not be downloaded ({_first_line(err)}). {hint} Get the weights with `hf download {path}` (older "
-        f"huggingface_hub: `huggingface-cli download {path}`), or pass --model a local folder."
-    )
-
-
-def _first_line(err: Exception) -> str:
-    """The gist of an error message, which for Hub errors runs on for lines."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def encode_samples(
     processor: ProcessorMixin, rows: Sequence[tuple[Image.Image, str]], device: torch.device
 ) -> Iterator[dict[str, torch.Tensor]]:
@@ -262,7 +181,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"Pushed to {pack.push_to_hub(args.push_to_hub)}")
         except OSError as err:
             raise CommandError(
-                f"Pushing to {args.push_to_hub!r} failed ({_first_line(err)}); the pack is saved in {args.out}. Push "
+                f"Pushing to {args.push_to_hub!r} failed ({first_line(err)}); the pack is saved in {args.out}. Push "
                 f"it later with SelectorPack.from_pretrained({str(args.out)!r}).push_to_hub({args.push_to_hub!r})."
             ) from None
 
@@ -270,14 +189,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """`alvts-calibrate`: exit status 0 on success, 2 with one message for anything the user can fix."""
     args = parse_args(argv)
-    try:
-        run(args)
-    except CommandError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to resume from {args.out}", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_command(PROG, lambda: run(args), f"run the same command again to resume from {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGe
 
 import alvts
 import alvts.cli.calibrate as cli
+import alvts.cli.common
 from alvts.demo import DEMO_MODEL_PATH
 from alvts.demo.build import build_config, build_processor, build_tokenizer
 from alvts.inputs import encode_example
@@ -135,7 +136,7 @@ def test_missing_or_unfit_models_exit_2_before_their_weights_load(qwen_folder, t
     assert f"Cannot load the model in {tmp_path / 'empty'}" in err and "save_pretrained" in err
     err = _exit_message(capsys, ["--model", str(qwen_folder), *FAST, "--layers", "2-4", "--out", str(tmp_path / "b")])
     assert f"--layers asks for layer 4; {qwen_folder} has layers 0-3" in err
-    monkeypatch.setattr(cli, "ADAPTERS", {})
+    monkeypatch.setattr(alvts.cli.common, "ADAPTERS", {})
     err = _exit_message(capsys, ["--model", str(qwen_folder), *FAST, "--out", str(tmp_path / "c")])
     assert f"alvts does not support '{qwen_folder}' (model_type 'qwen2_5_vl')" in err
     assert not any((tmp_path / d).exists() for d in "abc")
