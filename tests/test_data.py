@@ -9,7 +9,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 import alvts.data as data
-from alvts.data import CalibrationDataError, load_calibration_rows
+from alvts.data import DataError, load_calibration_rows
 from alvts.tasks import TRAIN_SEED, build_dataset, export_dataset
 
 
@@ -71,7 +71,7 @@ def test_jsonl_image_paths_are_relative_to_the_file(suite, tmp_path, monkeypatch
 
 def test_missing_columns_are_named_with_the_flags_to_fix_them(suite, tmp_path):
     path = _jsonl(tmp_path, suite, [{}] * 3)
-    with pytest.raises(CalibrationDataError) as info:
+    with pytest.raises(DataError) as info:
         load_calibration_rows(str(path), num_samples=4)
     message = str(info.value)
     assert "no column 'image' or 'question'" in message and "['img', 'prompt']" in message
@@ -83,36 +83,36 @@ def test_rows_without_an_image_are_refused(suite, tmp_path, empty):
     (tmp_path / "data.jsonl").write_text(
         "".join(json.dumps({"image": empty, "question": q}) + "\n" for q in suite["question"][:3])
     )
-    with pytest.raises(CalibrationDataError, match="Row 0 of .* has no image in column 'image'.*--image-column"):
+    with pytest.raises(DataError, match="Row 0 of .* has no image in column 'image'.*--image-column"):
         load_calibration_rows(str(tmp_path / "data.jsonl"))
 
 
 def test_a_text_column_named_as_images_is_refused(suite, tmp_path):
     export_dataset(suite, tmp_path, "imagefolder")
-    with pytest.raises(CalibrationDataError, match="holds text that is no image file.*--image-column"):
+    with pytest.raises(DataError, match="holds text that is no image file.*--image-column"):
         load_calibration_rows(str(tmp_path), image_column="answer")
 
 
 def test_rows_without_a_prompt_are_refused(suite, tmp_path):
     path = _jsonl(tmp_path, suite, [{"n": 1}, {"n": 2}])
-    with pytest.raises(CalibrationDataError, match="no prompt text in column 'n' .*--text-column"):
+    with pytest.raises(DataError, match="no prompt text in column 'n' .*--text-column"):
         load_calibration_rows(str(path), image_column="img", text_column="n")
 
 
 def test_unusable_local_sources_are_refused(suite, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(CalibrationDataError, match="unsupported file type"):
+    with pytest.raises(DataError, match="unsupported file type"):
         load_calibration_rows(str(tmp_path / "notes.txt"))
-    with pytest.raises(CalibrationDataError, match="holds no images and no .jsonl"):
+    with pytest.raises(DataError, match="holds no images and no .jsonl"):
         load_calibration_rows(str(tmp_path))
     export_dataset(suite, tmp_path / "images", "imagefolder")
-    with pytest.raises(CalibrationDataError, match=r"no split 'validation'; pass --split with one of \['train'\]"):
+    with pytest.raises(DataError, match=r"no split 'validation'; pass --split with one of \['train'\]"):
         load_calibration_rows(str(tmp_path / "images"), split="validation")
 
 
 def test_one_row_is_too_few(suite, tmp_path):
     export_dataset(suite.select([0]), tmp_path, "imagefolder")
-    with pytest.raises(CalibrationDataError, match="has 1 row.*at least 2"):
+    with pytest.raises(DataError, match="has 1 row.*at least 2"):
         load_calibration_rows(str(tmp_path))
 
 
@@ -136,7 +136,7 @@ def test_hub_datasets_are_streamed_and_only_the_first_rows_read(suite, monkeypat
     _assert_rows(loaded, 3)
     assert calls == [("org/images", {"split": "val", "streaming": True})]
     assert [text for _, text in loaded] == suite["question"][:3] and len(read) <= 4
-    with pytest.raises(CalibrationDataError, match=r"columns are \['picture', 'instruction', 'extra'\]"):
+    with pytest.raises(DataError, match=r"columns are \['picture', 'instruction', 'extra'\]"):
         load_calibration_rows("org/images", "val", num_samples=3)
 
 
@@ -145,5 +145,5 @@ def test_unreachable_hub_datasets_are_refused_with_what_was_tried(monkeypatch):
         raise ConnectionError(f"Couldn't reach {name!r} on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(data, "load_dataset", offline)
-    with pytest.raises(CalibrationDataError, match="not a local folder or file.*OfflineModeIsEnabled.*HF_HUB_OFFLINE"):
+    with pytest.raises(DataError, match="not a local folder or file.*OfflineModeIsEnabled.*HF_HUB_OFFLINE"):
         load_calibration_rows("org/missing")

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers import ProcessorMixin
 
 from ..calibration import CalibrationConfig, calibrate
-from ..data import BUILTIN_NAME, CalibrationDataError, load_calibration_rows
+from ..data import BUILTIN_NAME, DataError, load_calibration_rows
 from ..inputs import encode_example
 from ..pack import SelectorPack
 from ..recipes import RECIPES_ENV, available_recipes, load_recipe
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> None:
         rows = load_calibration_rows(
             args.dataset, args.split, args.image_column, args.text_column, args.num_samples, args.seed
         )
-    except CalibrationDataError as err:
+    except DataError as err:
         raise CommandError(str(err)) from None
     print(f"Calibrating {args.model} on {len(rows)} samples from {args.dataset or BUILTIN_NAME} into {args.out}")
     model, processor = load_model_and_processor(

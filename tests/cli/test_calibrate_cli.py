@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText
 
 import alvts
 import alvts.cli.calibrate as cli
 import alvts.cli.common
 from alvts.demo import DEMO_MODEL_PATH
-from alvts.demo.build import build_config, build_processor, build_tokenizer
 from alvts.inputs import encode_example
 from alvts.processor import load_processor
 from alvts.recipes import RECIPES_ENV
@@ -25,17 +24,6 @@ from alvts.tasks import TASK_TYPES, make_example
 FAST = ["--rank", "4", "--num-samples", "4", "--stage-b-steps", "5"]
 # One thread: on a busy machine, thread contention makes the fit many times slower.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def qwen_folder(tmp_path_factory) -> Path:
-    """A random-weight model with the demo's config, tokenizer and processor, saved like a Hub checkpoint."""
-    folder = tmp_path_factory.mktemp("qwen")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).save_pretrained(folder)
-    build_processor(tokenizer).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
