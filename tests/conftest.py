@@ -1,9 +1,14 @@
-"""Shared fixtures: tiny random models of every family and batches with different visual counts per sample."""
+"""Shared fixtures: tiny random models of every family, batches with different visual counts per sample, and a
+random-weight model with the demo's config and processor saved like a Hub checkpoint (for the command lines)."""
+
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
 
 import alvts
+from alvts.demo.build import build_config, build_processor, build_tokenizer
 from alvts.testing import FAMILIES, tiny_inputs, tiny_model
 
 torch.set_num_threads(2)
@@ -55,3 +60,14 @@ def max_valid_diff(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tenso
     """Largest |a - b| over non-padding positions (padding rows are garbage in both)."""
     valid = attention_mask.bool()
     return (a[valid] - b[valid]).abs().max().item()
+
+
+@pytest.fixture(scope="session")
+def qwen_folder(tmp_path_factory) -> Path:
+    """A random-weight model with the demo's config, tokenizer and processor, saved like a Hub checkpoint."""
+    folder = tmp_path_factory.mktemp("qwen")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).save_pretrained(folder)
+    build_processor(tokenizer).save_pretrained(folder)
+    return folder
