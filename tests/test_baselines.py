@@ -58,6 +58,22 @@ def test_fastv_keeps_what_the_last_token_attends_to_most_at_layer_k():
     assert state.selected[0][0].equal(visual)
 
 
+def test_v2drop_keeps_the_tokens_whose_hidden_state_changed_most_across_the_previous_layer():
+    model = tiny_model("qwen2_5_vl", "sdpa")
+    batch = tiny_inputs(model, [[(1, 16, 16)]])
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states  # [i]: the input of layer i
+    with alvts.routed(model, alvts.V2DropPolicy(dense_layers=1), keep=0.5), torch.no_grad():
+        model(**batch)
+        state = alvts.routing_state(model)
+    visual = state.visual[0]
+    assert state.selected[0][0].equal(visual)  # layer 0 is dense, so layer 1's input is the stock one
+    change = (hidden[1][0] - hidden[0][0]).norm(dim=-1).masked_fill(~visual, -1)
+    k = int(state.selected[1][0].sum())
+    assert 0 < k < int(visual.sum())
+    assert set(state.selected[1][0].nonzero().flatten().tolist()) == set(change.topk(k).indices.tolist())
+
+
 @pytest.mark.parametrize(
     ("policy", "keep", "fix"),
     [
