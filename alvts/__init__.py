@@ -3,7 +3,14 @@
 from . import demo
 from ._version import __version__
 from .api import apply, get_router, remove, routed, routing_state
-from .baselines import DenseEarlyRandomPolicy, DivPrunePolicy, FastVPolicy, PyramidDropPolicy, V2DropPolicy
+from .baselines import (
+    DenseEarlyRandomPolicy,
+    DivPrunePolicy,
+    FastVPolicy,
+    PyramidDropPolicy,
+    SelectOncePolicy,
+    V2DropPolicy,
+)
 from .pack import SelectorConfig, SelectorPack
 from .policies import FullPolicy, LayerInputs, OraclePolicy, Policy, RandomPolicy, attention_importance, get_policy
 from .processor import load_processor
@@ -24,6 +31,7 @@ __all__ = [
     "Policy",
     "RandomPolicy",
     "RoutedCache",
+    "SelectOncePolicy",
     "SelectorConfig",
     "SelectorPack",
     "__version__",

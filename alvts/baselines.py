@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .policies import POLICIES, LayerInputs, Policy, RandomPolicy, rotated_queries_keys
+from .policies import POLICIES, LayerInputs, Policy, RandomPolicy, get_policy, rotated_queries_keys
 
 
 def staged_keeps(keep: float, stages: Sequence[int], method: str, fix: str) -> tuple[float, ...]:
@@ -157,6 +157,28 @@ class DenseEarlyRandomPolicy(RandomPolicy):
 
     def __repr__(self) -> str:
         return f"DenseEarlyRandomPolicy(dense_layers={self.dense_layers}, seed={self.seed})"
+
+
+class SelectOncePolicy(Policy):
+    """Ablation of layer-wise selection: `inner` picks the visual tokens at the first layer that drops any, and the
+    later layers keep exactly those (static pruning with the same scorer and the same budget)."""
+
+    name = "once"
+
+    def __init__(self, inner: Policy | str):
+        self.inner = get_policy(inner)
+        self.needs_previous_hidden = self.inner.needs_previous_hidden
+
+    def layer_keeps(self, keep: float, num_layers: int) -> tuple[float, ...]:
+        return self.inner.layer_keeps(keep, num_layers)
+
+    def scores(self, inputs: LayerInputs) -> torch.Tensor:
+        if inputs.previous.equal(inputs.visual):  # nothing dropped yet: this layer selects
+            return self.inner.scores(inputs)
+        return inputs.previous.float()
+
+    def __repr__(self) -> str:
+        return f"SelectOncePolicy({self.inner!r})"
 
 
 BASELINES: dict[str, type[Policy]] = {

@@ -74,6 +74,20 @@ def test_v2drop_keeps_the_tokens_whose_hidden_state_changed_most_across_the_prev
     assert set(state.selected[1][0].nonzero().flatten().tolist()) == set(change.topk(k).indices.tolist())
 
 
+def test_select_once_keeps_the_first_dropping_layer_s_choice_in_every_later_layer():
+    model = tiny_model("qwen2_5_vl", "sdpa")
+    batch = tiny_inputs(model, [[(1, 16, 16)], [(1, 12, 16)]])
+    with alvts.routed(model, "random", keep=0.25), torch.no_grad():
+        model(**batch)
+        layer_wise = alvts.routing_state(model).selected
+    with alvts.routed(model, alvts.SelectOncePolicy("random"), keep=0.25), torch.no_grad():
+        model(**batch)
+        once = alvts.routing_state(model).selected
+    assert once[0].equal(layer_wise[0])  # the same scorer picks at layer 0
+    assert all(once[i].equal(once[0]) for i in range(1, 4))
+    assert any(not layer_wise[i].equal(layer_wise[0]) for i in range(1, 4))  # random redraws per layer
+
+
 @pytest.mark.parametrize(
     ("policy", "keep", "fix"),
     [

@@ -2,7 +2,8 @@
 
     alvts-eval --model demo --pack selectors/demo --keep 0.11 0.22 0.33 --json eval.json --plot eval.png
 
-Methods are policy names ("alvts" is the --pack), optionally with options: `fastv:k=1`, `random:seed=3`. Arguments,
+Methods are policy names ("alvts" is the --pack), optionally with options: `fastv:k=1`, `random:seed=3`; a name
+ending in "-once" (`alvts-once`, `oracle-once`) selects at the first dropping layer only and keeps that set. Arguments,
 methods, budgets, the pack and the data are checked before the model is loaded; anything the user can fix ends with
 one message on stderr and exit status 2.
 """
@@ -21,6 +22,7 @@ import torch
 import transformers
 
 from .. import __version__
+from ..baselines import SelectOncePolicy
 from ..data import BUILTIN_NAME, DataError, load_eval_rows
 from ..evaluate import SCORERS, evaluate
 from ..pack import SelectorPack
@@ -73,12 +75,13 @@ def parse_methods(spec: str | None, pack: str | None, seed: int) -> dict[str, Po
     methods: dict[str, Policy | str] = {}
     for label in filter(None, names):
         name, *options = label.split(":")
+        once, name = name.endswith("-once"), name.removesuffix("-once")
         if name == "full":
             continue  # always run: the reference
         if name == "alvts":
             if pack is None or options:
                 raise CommandError("method 'alvts' is the selector pack: pass --pack PATH_OR_HUB_ID (no options).")
-            methods[label] = "alvts"
+            methods[label] = "alvts-once" if once else "alvts"
             continue
         if name not in POLICIES:
             raise CommandError(f"unknown method {name!r} in --methods; use alvts or one of {', '.join(POLICIES)}.")
@@ -94,7 +97,7 @@ def parse_methods(spec: str | None, pack: str | None, seed: int) -> dict[str, Po
                 )
             kwargs[key] = _number(value)
         try:
-            methods[label] = cls(**kwargs)
+            methods[label] = SelectOncePolicy(cls(**kwargs)) if once else cls(**kwargs)
         except (TypeError, ValueError) as err:
             raise CommandError(f"bad options for method {label!r}: {err}") from None
     if not methods:
@@ -141,7 +144,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             pack = SelectorPack.from_pretrained(args.pack)
         except (OSError, ValueError) as err:
             raise CommandError(f"cannot load the selector pack {args.pack!r}: {err}") from None
-        methods = {label: pack if policy == "alvts" else policy for label, policy in methods.items()}
+        packed = {"alvts": pack, "alvts-once": SelectOncePolicy(pack.selector)}
+        methods = {label: packed.get(policy, policy) for label, policy in methods.items()}
     load_checked_config(args.model_id, args.trust_remote_code)
     tasks = None if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
     try:
@@ -154,6 +158,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     model, processor = load_model_and_processor(args.model_id, args.device, args.dtype, None, args.trust_remote_code)
     torch.manual_seed(args.seed)
     try:
+        if args.pack:
+            pack.check_model(model)
         rows = evaluate(
             model, processor, samples, methods, args.keep, args.batch_size, args.max_new_tokens, args.scorer
         )

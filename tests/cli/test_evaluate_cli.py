@@ -124,3 +124,5 @@ def test_default_methods_are_the_pack_then_every_baseline():
     methods = cli.parse_methods("fastv:k=1,random:seed=3,pdrop:stages=2", None, 5)
     assert (methods["fastv:k=1"].k, methods["random:seed=3"].seed, methods["pdrop:stages=2"].stages) == (1, 3, 2)
     assert cli.parse_methods("random", None, 5)["random"].seed == 5
+    once = cli.parse_methods("oracle-once,alvts-once", "some/pack", 0)
+    assert repr(once["oracle-once"]) == "SelectOncePolicy(OraclePolicy())" and once["alvts-once"] == "alvts-once"
