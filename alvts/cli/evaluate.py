@@ -29,7 +29,6 @@ from ..pack import SelectorPack
 from ..policies import POLICIES, Policy
 from ..recipes import load_recipe
 from ..report import check_plotting, format_table, plot_accuracy
-from ..tasks import TASK_TYPES
 from .common import DTYPES, CommandError, load_checked_config, load_model_and_processor, run_command
 
 PROG = "alvts-eval"
@@ -126,7 +125,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--num-samples, --batch-size and --max-new-tokens must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but no CUDA device is available")
-    recipe = load_recipe(args.model) if "/" not in args.model else None
+    try:
+        recipe = load_recipe(args.model) if "/" not in args.model else None
+    except ValueError as err:
+        parser.error(str(err))
     args.model_id = recipe["model"] if recipe else args.model
     return args
 
@@ -180,7 +182,7 @@ def _report(args: argparse.Namespace, methods: dict, rows: list[dict]) -> dict:
         "model": args.model,
         "pack": args.pack,
         "dataset": args.dataset or BUILTIN_NAME,
-        "tasks": args.tasks if args.dataset else (args.tasks if args.tasks != "all" else ",".join(TASK_TYPES)),
+        "tasks": list(dict.fromkeys(row["task"] for row in rows if row["task"] != "mean")),
         "scorer": args.scorer,
         "methods": {label: repr(policy) for label, policy in methods.items()},
         "command": " ".join([PROG, *args.argv]),
