@@ -71,3 +71,11 @@ def qwen_folder(tmp_path_factory) -> Path:
     Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).save_pretrained(folder)
     build_processor(tokenizer).save_pretrained(folder)
     return folder
+
+
+def exit_message(capsys, main, argv) -> str:
+    """Run a command line's `main(argv)`, expecting exit status 2; return what it printed to stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err

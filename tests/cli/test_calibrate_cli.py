@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import exit_message
 from transformers import AutoModelForImageTextToText
 
 import alvts
@@ -42,14 +43,6 @@ def no_model(monkeypatch):
         raise AssertionError("the model was loaded before the data was checked")
 
     monkeypatch.setattr(cli, "load_model_and_processor", refuse)
-
-
-def _exit_message(capsys, argv) -> str:
-    """Run main(argv), expecting exit status 2; return what it printed to stderr."""
-    with pytest.raises(SystemExit) as info:
-        cli.main(argv)
-    assert info.value.code == 2
-    return capsys.readouterr().err
 
 
 def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -100,7 +93,7 @@ def test_recipe_alias_supplies_defaults_and_the_output_folder(qwen_folder, tmp_p
     assert pack.config.base_model == str(qwen_folder)
     assert set(json.loads((out / "selector_config.json").read_text())["metrics"]) == {"0", "1"}
     assert "Saved the selector pack to selectors/tiny-r3" in capsys.readouterr().out
-    err = _exit_message(capsys, ["--model", "tiny", "--rank", "2", "--out", "selectors/tiny-r3"])
+    err = exit_message(capsys, cli.main, ["--model", "tiny", "--rank", "2", "--out", "selectors/tiny-r3"])
     assert "holds a calibration run with other settings" in err
 
 
@@ -114,31 +107,37 @@ def test_missing_hub_model_exits_2_saying_how_to_get_it(tmp_path):
 
 
 def test_missing_or_unfit_models_exit_2_before_their_weights_load(qwen_folder, tmp_path, capsys, monkeypatch):
-    err = _exit_message(capsys, ["--model", str(tmp_path / "nowhere"), *FAST, "--out", str(tmp_path / "a")])
+    err = exit_message(capsys, cli.main, ["--model", str(tmp_path / "nowhere"), *FAST, "--out", str(tmp_path / "a")])
     assert f"No model folder at {tmp_path / 'nowhere'}. Pass --model a folder written by save_pretrained" in err
     (tmp_path / "empty").mkdir()
-    err = _exit_message(capsys, ["--model", str(tmp_path / "empty"), *FAST, "--out", str(tmp_path / "a")])
+    err = exit_message(capsys, cli.main, ["--model", str(tmp_path / "empty"), *FAST, "--out", str(tmp_path / "a")])
     assert f"Cannot load '{tmp_path / 'empty'}' as an image-text-to-text model" in err and "config.json" in err
     (tmp_path / "empty" / "config.json").write_bytes((qwen_folder / "config.json").read_bytes())  # no weights
-    err = _exit_message(capsys, ["--model", str(tmp_path / "empty"), *FAST, "--out", str(tmp_path / "a")])
+    err = exit_message(capsys, cli.main, ["--model", str(tmp_path / "empty"), *FAST, "--out", str(tmp_path / "a")])
     assert f"Cannot load the model in {tmp_path / 'empty'}" in err and "save_pretrained" in err
-    err = _exit_message(capsys, ["--model", str(qwen_folder), *FAST, "--layers", "2-4", "--out", str(tmp_path / "b")])
+    err = exit_message(
+        capsys, cli.main, ["--model", str(qwen_folder), *FAST, "--layers", "2-4", "--out", str(tmp_path / "b")]
+    )
     assert f"--layers asks for layer 4; {qwen_folder} has layers 0-3" in err
     monkeypatch.setattr(alvts.cli.common, "ADAPTERS", {})
-    err = _exit_message(capsys, ["--model", str(qwen_folder), *FAST, "--out", str(tmp_path / "c")])
+    err = exit_message(capsys, cli.main, ["--model", str(qwen_folder), *FAST, "--out", str(tmp_path / "c")])
     assert f"alvts does not support '{qwen_folder}' (model_type 'qwen2_5_vl')" in err
     assert not any((tmp_path / d).exists() for d in "abc")
 
 
 def test_data_without_the_named_columns_is_refused_before_the_model(qwen_folder, tmp_path, capsys, no_model):
     (tmp_path / "data.jsonl").write_text('{"picture": "a.png", "prompt": "What?"}\n' * 3)
-    err = _exit_message(capsys, ["--model", str(qwen_folder), *FAST, "--dataset", str(tmp_path / "data.jsonl")])
+    err = exit_message(
+        capsys, cli.main, ["--model", str(qwen_folder), *FAST, "--dataset", str(tmp_path / "data.jsonl")]
+    )
     assert "no column 'image' or 'question'" in err and "['picture', 'prompt']" in err and "--image-column" in err
 
 
 def test_data_with_an_empty_image_column_is_refused_before_the_model(qwen_folder, tmp_path, capsys, no_model):
     (tmp_path / "data.jsonl").write_text('{"image": null, "question": "What?"}\n' * 3)
-    err = _exit_message(capsys, ["--model", str(qwen_folder), *FAST, "--dataset", str(tmp_path / "data.jsonl")])
+    err = exit_message(
+        capsys, cli.main, ["--model", str(qwen_folder), *FAST, "--dataset", str(tmp_path / "data.jsonl")]
+    )
     assert "has no image in column 'image'" in err
 
 
@@ -156,7 +155,7 @@ def test_data_with_an_empty_image_column_is_refused_before_the_model(qwen_folder
     ],
 )
 def test_bad_arguments_are_refused(argv, message, capsys, no_model):
-    err = _exit_message(capsys, ["--model", "org/model", *argv])
+    err = exit_message(capsys, cli.main, ["--model", "org/model", *argv])
     assert "usage: alvts-calibrate" in err
     assert re.search(message, err), err
 
@@ -164,9 +163,11 @@ def test_bad_arguments_are_refused(argv, message, capsys, no_model):
 def test_bad_recipe_values_and_push_without_login_are_refused(tmp_path, monkeypatch, capsys, no_model):
     (tmp_path / "bad.toml").write_text('model = "org/model"\nrank = 4\ndtype = "bfloat16"\n')
     monkeypatch.setenv(RECIPES_ENV, str(tmp_path))
-    assert "--dtype must be one of bf16, fp16, fp32, got 'bfloat16'" in _exit_message(capsys, ["--model", "bad"])
+    assert "--dtype must be one of bf16, fp16, fp32, got 'bfloat16'" in exit_message(
+        capsys, cli.main, ["--model", "bad"]
+    )
     monkeypatch.setattr(cli, "get_token", lambda: None)
-    err = _exit_message(capsys, ["--model", "org/model", "--rank", "4", "--push-to-hub", "me/pack"])
+    err = exit_message(capsys, cli.main, ["--model", "org/model", "--rank", "4", "--push-to-hub", "me/pack"])
     assert "--push-to-hub needs a Hugging Face login" in err
 
 

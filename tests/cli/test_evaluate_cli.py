@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+from conftest import exit_message
 
 import alvts.cli.evaluate as cli
 from alvts.calibration import CalibrationConfig, calibrate
@@ -45,13 +46,6 @@ def no_model(monkeypatch):
 
     monkeypatch.setattr(cli, "load_checked_config", refuse)
     monkeypatch.setattr(cli, "load_model_and_processor", refuse)
-
-
-def _exit_message(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as info:
-        cli.main(argv)
-    assert info.value.code == 2
-    return capsys.readouterr().err
 
 
 def test_end_to_end_writes_json_and_png(qwen_folder, pack_folder, tmp_path, capsys):
@@ -100,7 +94,7 @@ def test_end_to_end_writes_json_and_png(qwen_folder, pack_folder, tmp_path, caps
     ],
 )
 def test_bad_methods_and_budgets_are_refused_before_model_work(argv, message, capsys, no_model):
-    err = _exit_message(capsys, ["--model", "org/model", *argv])
+    err = exit_message(capsys, cli.main, ["--model", "org/model", *argv])
     assert re.search(message, err), err
 
 
@@ -109,12 +103,12 @@ def test_missing_plotting_is_refused_before_model_work(capsys, no_model, monkeyp
         raise ImportError("Plotting needs matplotlib: pip install 'alvts[plot]'")
 
     monkeypatch.setattr(cli, "check_plotting", no_matplotlib)
-    assert "pip install 'alvts[plot]'" in _exit_message(capsys, ["--model", "org/model", "--plot", "x.png"])
+    assert "pip install 'alvts[plot]'" in exit_message(capsys, cli.main, ["--model", "org/model", "--plot", "x.png"])
 
 
 def test_unknown_tasks_are_refused_before_the_weights_load(qwen_folder, capsys, monkeypatch):
     monkeypatch.setattr(cli, "load_model_and_processor", lambda *a, **k: pytest.fail("weights loaded"))
-    err = _exit_message(capsys, ["--model", str(qwen_folder), "--tasks", "lookup,colour"])
+    err = exit_message(capsys, cli.main, ["--model", str(qwen_folder), "--tasks", "lookup,colour"])
     assert "The task suite has no task ['colour']" in err
 
 
