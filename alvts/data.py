@@ -4,7 +4,7 @@ checked (columns present, every row has an image and a prompt, and an answer to 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -53,11 +53,8 @@ def load_calibration_rows(
     try:
         _check_columns(name, _column_names(rows), (image_column, text_column))
         rows = rows.select_columns(list(dict.fromkeys([image_column, text_column])))
-        if isinstance(rows, Dataset):
-            rows = rows.select(range(min(num_samples, len(rows))))
-        if folder is not None and getattr(rows.features[image_column], "dtype", None) in ("string", "large_string"):
-            rows = _cast_paths(name, rows, image_column, folder)
-        pairs = [_pair(name, i, row, image_column, text_column) for i, row in enumerate(islice(rows, num_samples))]
+        rows = _first(name, rows, folder, image_column, num_samples)
+        pairs = [_pair(name, i, row, image_column, text_column) for i, row in enumerate(rows)]
     except (OSError, DatasetsError) as err:
         raise DataError(f"Cannot read the rows of {name}: {err}") from None
     if len(pairs) < 2:
@@ -67,7 +64,7 @@ def load_calibration_rows(
 
 def load_eval_rows(
     dataset: str | None,
-    split: str = "test",
+    split: str = "train",
     image_column: str = "image",
     text_column: str = "question",
     answer_column: str = "answer",
@@ -96,12 +93,8 @@ def load_eval_rows(
         if tasks and has_task:
             wanted = set(tasks)
             rows = rows.filter(lambda row: row[task_column] in wanted)
-        if isinstance(rows, Dataset):
-            rows = rows.select(range(min(num_samples, len(rows))))
-        if folder is not None and getattr(rows.features[image_column], "dtype", None) in ("string", "large_string"):
-            rows = _cast_paths(name, rows, image_column, folder)
         samples = []
-        for i, row in enumerate(islice(rows, num_samples)):
+        for i, row in enumerate(_first(name, rows, folder, image_column, num_samples)):
             image, question = _pair(name, i, row, image_column, text_column, EVAL_COLUMN_FLAGS)
             answer = row[answer_column]
             if answer is None or not str(answer).strip():
@@ -116,6 +109,15 @@ def load_eval_rows(
     if not samples:
         raise DataError(f"{name} has no rows in split {split!r}{f' for tasks {list(tasks)}' if tasks else ''}.")
     return samples
+
+
+def _first(name: str, rows: Dataset | IterableDataset, folder: Path | None, image_column: str, n: int) -> Iterable:
+    """The first `n` rows, with image paths (local data) decoded as images."""
+    if isinstance(rows, Dataset):
+        rows = rows.select(range(min(n, len(rows))))
+        if folder is not None and getattr(rows.features[image_column], "dtype", None) in ("string", "large_string"):
+            rows = _cast_paths(name, rows, image_column, folder)
+    return islice(rows, n)
 
 
 def _open(

@@ -9,8 +9,8 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 import alvts.data as data
-from alvts.data import DataError, load_calibration_rows
-from alvts.tasks import TRAIN_SEED, build_dataset, export_dataset
+from alvts.data import DataError, load_calibration_rows, load_eval_rows
+from alvts.tasks import EVAL_SEED, TRAIN_SEED, build_dataset, export_dataset
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +147,31 @@ def test_unreachable_hub_datasets_are_refused_with_what_was_tried(monkeypatch):
     monkeypatch.setattr(data, "load_dataset", offline)
     with pytest.raises(DataError, match="not a local folder or file.*OfflineModeIsEnabled.*HF_HUB_OFFLINE"):
         load_calibration_rows("org/missing")
+
+
+def test_eval_rows_from_local_data_keep_answers_and_tasks_and_filter_by_task(suite, tmp_path):
+    records = [{"gold": row["answer"], "kind": row["task"]} for row in suite]
+    path = _jsonl(tmp_path, suite, records)
+    samples = load_eval_rows(str(path), image_column="img", text_column="prompt", answer_column="gold",
+                             task_column="kind", num_samples=100)  # fmt: skip
+    assert sorted((s.question, s.answer, s.task) for s in samples) == sorted(
+        zip(suite["question"], suite["answer"], suite["task"], strict=True)
+    )
+    assert all(s.image.size == (448, 448) for s in samples)
+    lookup = load_eval_rows(str(path), image_column="img", text_column="prompt", answer_column="gold",
+                            task_column="kind", tasks=["lookup"])  # fmt: skip
+    assert [s.task for s in lookup] == ["lookup"] * suite["task"].count("lookup")
+    untasked = load_eval_rows(str(path), image_column="img", text_column="prompt", answer_column="gold")
+    assert {s.task for s in untasked} == {"data"}  # no task column: one task named after the file
+    with pytest.raises(DataError, match="no column 'answer'.*--answer-column"):
+        load_eval_rows(str(path), image_column="img", text_column="prompt")
+
+
+def test_eval_rows_default_to_held_out_suite_questions_per_task():
+    samples = load_eval_rows(None, num_samples=2, tasks=["counting", "reading"])
+    held_out = build_dataset(2, seed=EVAL_SEED, tasks=["counting", "reading"])
+    assert [(s.question, s.answer, s.task) for s in samples] == list(
+        zip(held_out["question"], held_out["answer"], held_out["task"], strict=True)
+    )
+    with pytest.raises(DataError, match=r"no task \['colour'\]"):
+        load_eval_rows(None, tasks=["colour"])
