@@ -21,7 +21,7 @@ from transformers.masking_utils import create_causal_mask
 
 from .fit import LayerSample, fit_low_rank_selector, layer_metrics, merged_bilinear_form, refine_selector
 from .pack import SelectorConfig, SelectorPack, model_fingerprint
-from .policies import attention_importance
+from .policies import attention_importance, check_score
 from .routing import get_adapter
 from .selector import LowRankSelector
 
@@ -37,6 +37,7 @@ class CalibrationConfig:
     stage_b_lr: float = 1e-2
     loss: str = "mse+kl"  # or "mse" (the paper's loss alone)
     init: str = "whitened"  # Stage A on data-whitened B, or "svd": the paper's data-free truncated SVD of B
+    score: str = "v2v*t2v"  # or "t2v": target and selector use S_T2V alone (an ablation)
     held_out_fraction: float = 0.25
     seed: int = 0
 
@@ -110,6 +111,7 @@ def calibrate(
         raise ValueError(
             f"init must be 'whitened' or 'svd' and loss 'mse+kl' or 'mse', got {config.init!r}, {config.loss!r}"
         )
+    check_score(config.score)
     progress_dir = None if output_dir is None else Path(output_dir) / "layers"
     if progress_dir is not None:
         _check_resume(progress_dir, config, model, dataset_info)
@@ -146,10 +148,11 @@ def calibrate(
         rank=config.rank,
         layers=layers,
         default_keep=config.default_keep,
+        score=config.score,
         dataset=dict(dataset_info or {}, num_samples=len(inputs), seed=config.seed),
         metrics=metrics,
     )
-    pack = SelectorPack(pack_config, LowRankSelector(factors, temps))
+    pack = SelectorPack(pack_config, LowRankSelector(factors, temps, config.score))
     if output_dir is not None:
         pack.save_pretrained(output_dir)
     return pack
@@ -166,8 +169,8 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config):
     with torch.no_grad():
         for j, x in enumerate(inputs):
             normed = norm(x.hidden)
-            target = attention_importance(attn, normed, x.position_embeddings, x.visual, x.valid)
-            sample = LayerSample(normed.float().cpu(), x.visual.cpu(), x.valid.cpu(), target.cpu())
+            target = attention_importance(attn, normed, x.position_embeddings, x.visual, x.valid, score=config.score)
+            sample = LayerSample(normed.float().cpu(), x.visual.cpu(), x.valid.cpu(), target.cpu(), config.score)
             (held if j in held_ids else train).append(sample)
             if j in held_ids:
                 continue

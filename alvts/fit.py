@@ -66,12 +66,15 @@ class LayerSample:
     visual: torch.Tensor  # (1, seq) bool
     valid: torch.Tensor  # (1, seq) bool
     target: torch.Tensor  # (1, seq) fp32 log S*, -inf off visual tokens
+    score: str = "v2v*t2v"  # the form of the target, which the selector reproduces
 
 
 def selector_log_scores(sample: LayerSample, proj: torch.Tensor, log_temp: torch.Tensor) -> torch.Tensor:
     """The selector's log S on one sample (differentiable in `proj` and `log_temp`)."""
     q, k = (sample.normed.float() @ proj).split(proj.shape[1] // 2, dim=-1)
-    return received_attention_log_scores(q[:, None], k[:, None], log_temp.exp(), sample.visual, sample.valid)
+    return received_attention_log_scores(
+        q[:, None], k[:, None], log_temp.exp(), sample.visual, sample.valid, score=sample.score
+    )
 
 
 def layer_metrics(samples: list[LayerSample], proj: torch.Tensor, log_temp: torch.Tensor) -> dict[str, float]:

@@ -58,6 +58,7 @@ class SelectorConfig:
     default_keep: float = 1 / 9
     base_revision: str | None = None
     score_form: str = "merged"
+    score: str = "v2v*t2v"
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str | None = None
@@ -142,6 +143,7 @@ class SelectorPack:
         selector = LowRankSelector(
             {i: tensors[f"layers.{i}.proj"] for i in config.layers},
             {i: tensors[f"layers.{i}.log_temp"] for i in config.layers},
+            config.score,
         )
         return cls(config, selector)
 
@@ -184,8 +186,9 @@ class SelectorPack:
         return (
             f"---\nbase_model: {c.base_model}\nlibrary_name: alvts\ntags:\n- alvts\n- visual-token-selection\n---\n\n"
             f"# ALVTS selector pack for {c.base_model}\n\n"
-            f"Rank-{c.rank} selectors for {len(c.layers)} decoder layers (score form `{c.score_form}`), default keep "
-            f"{c.default_keep:.3f}. Fitted with alvts {c.alvts_version} on {c.dataset or 'unspecified data'}.\n\n"
+            f"Rank-{c.rank} selectors for {len(c.layers)} decoder layers (score form `{c.score_form}`, score "
+            f"`{c.score}`), default keep {c.default_keep:.3f}. Fitted with alvts {c.alvts_version} on "
+            f"{c.dataset or 'unspecified data'}.\n\n"
             "```python\nimport alvts\nalvts.apply(model, SelectorPack.from_pretrained(PATH), keep=0.11)\n```\n\n"
             + (f"## Held-out metrics per layer\n\n{header}{rows}\n" if c.metrics else "")
         )

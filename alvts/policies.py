@@ -90,12 +90,19 @@ class OraclePolicy(Policy):
 
     name = "oracle"
 
-    def __init__(self, chunk_size: int = 512):
-        self.chunk_size = chunk_size
+    def __init__(self, chunk_size: int = 512, score: str = "v2v*t2v"):
+        check_score(score)
+        self.chunk_size, self.score = chunk_size, score
 
     def scores(self, inputs: LayerInputs) -> torch.Tensor:
         return attention_importance(
-            inputs.attention, inputs.normed, inputs.position_embeddings, inputs.visual, inputs.valid, self.chunk_size
+            inputs.attention,
+            inputs.normed,
+            inputs.position_embeddings,
+            inputs.visual,
+            inputs.valid,
+            self.chunk_size,
+            self.score,
         )
 
 
@@ -115,14 +122,16 @@ def attention_importance(
     visual: torch.Tensor,
     valid: torch.Tensor,
     chunk_size: int = 512,
+    score: str = "v2v*t2v",
 ) -> torch.Tensor:
-    """log S(i) = log S_V2V(i) + log S_T2V(i) from the layer's real attention (alvts-method.md §3.1), head-averaged.
+    """log S(i) = log S_V2V(i) + log S_T2V(i) from the layer's real attention (alvts-method.md §3.1), head-averaged
+    (log S_T2V(i) alone for score "t2v").
 
     Uses the layer's own q/k projections, RoPE, the causal mask and the padding mask; softmax over all valid keys.
     Returns `(batch, seq)` fp32 with -inf at non-visual positions.
     """
     q, k = rotated_queries_keys(attention, normed, position_embeddings)
-    return received_attention_log_scores(q, k, attention.scaling, visual, valid, chunk_size)
+    return received_attention_log_scores(q, k, attention.scaling, visual, valid, chunk_size, score)
 
 
 def rotated_queries_keys(
@@ -145,8 +154,10 @@ def received_attention_log_scores(
     visual: torch.Tensor,
     valid: torch.Tensor,
     chunk_size: int = 512,
+    score: str = "v2v*t2v",
 ) -> torch.Tensor:
-    """log S_V2V + log S_T2V of causal softmax attention `softmax(scale * q k^T)`, averaged over heads.
+    """log S_V2V + log S_T2V (score "v2v*t2v") or log S_T2V (score "t2v") of causal softmax attention
+    `softmax(scale * q k^T)`, averaged over heads.
 
     `q`, `k`: `(batch, heads, seq, dim)`. S_V2V(i) is the mean attention visual queries give token i, S_T2V(i) the
     mean over text queries (valid non-visual tokens). Query rows go in chunks, so memory is O(heads * chunk * seq).
@@ -169,8 +180,19 @@ def received_attention_log_scores(
         t2v = t2v + (probs * text[:, start:stop, None]).sum(1)
     v2v = v2v / visual.sum(1, keepdim=True).clamp(min=1)
     t2v = t2v / text.sum(1, keepdim=True).clamp(min=1)
-    log_s = v2v.clamp(min=1e-30).log() + t2v.clamp(min=1e-30).log()
+    log_s = t2v.clamp(min=1e-30).log()
+    if score == "v2v*t2v":
+        log_s = log_s + v2v.clamp(min=1e-30).log()
     return log_s.masked_fill(~visual, float("-inf"))
+
+
+SCORES = ("v2v*t2v", "t2v")  # the method's product, and the text-to-visual term alone (an ablation)
+
+
+def check_score(score: str) -> None:
+    """Raise ValueError naming the valid score forms when score is not one of SCORES."""
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; valid scores: {', '.join(SCORES)}")
 
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (FullPolicy, RandomPolicy, OraclePolicy)}

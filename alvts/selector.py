@@ -1,11 +1,12 @@
 """The low-rank selector (alvts-method.md §3.1): per layer, one fused GEMM x @ [P_q | P_k] on the input-normed
-hidden states, causal softmax attention in rank space at temperature exp(t), score S = S_V2V * S_T2V in log space."""
+hidden states, causal softmax attention in rank space at temperature exp(t), score S = S_V2V * S_T2V in log space
+(or S_T2V alone, an ablation)."""
 
 from __future__ import annotations
 
 import torch
 
-from .policies import LayerInputs, Policy, received_attention_log_scores
+from .policies import LayerInputs, Policy, check_score, received_attention_log_scores
 
 
 class LowRankSelector(Policy):
@@ -13,8 +14,14 @@ class LowRankSelector(Policy):
 
     name = "alvts"
 
-    def __init__(self, factors: dict[int, torch.Tensor], log_temps: dict[int, torch.Tensor] | None = None):
-        self.factors = factors
+    def __init__(
+        self,
+        factors: dict[int, torch.Tensor],
+        log_temps: dict[int, torch.Tensor] | None = None,
+        score: str = "v2v*t2v",
+    ):
+        check_score(score)
+        self.factors, self.score = factors, score
         self.log_temps = log_temps or {i: torch.zeros(()) for i in factors}
 
     @property
@@ -31,7 +38,9 @@ class LowRankSelector(Policy):
         weight = self.factors[inputs.layer_idx].to(device=x.device, dtype=x.dtype)
         q, k = (x @ weight).float().split(self.rank, dim=-1)
         scale = self.log_temps[inputs.layer_idx].to(x.device).float().exp()
-        return received_attention_log_scores(q[:, None], k[:, None], scale, inputs.visual, inputs.valid)
+        return received_attention_log_scores(
+            q[:, None], k[:, None], scale, inputs.visual, inputs.valid, score=self.score
+        )
 
     def __repr__(self) -> str:
         return f"LowRankSelector(layers={len(self.factors)}, rank={self.rank})"

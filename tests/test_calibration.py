@@ -27,7 +27,7 @@ def test_calibrate_save_reload_apply_generate(family, tmp_path):
     assert {"A_recall@0.111", "AB_recall@0.111", "AB_spearman", "AB_l2"} <= set(pack.config.metrics["3"])
     reloaded = SelectorPack.from_pretrained(tmp_path)
     batch = tiny_inputs(model)
-    with alvts.routed(model, reloaded, keep=0.25), torch.no_grad():
+    with alvts.routed(model, reloaded, keep=[1.0, 0.25, 1.0, 1.0]), torch.no_grad():
         out = model.generate(**batch, max_new_tokens=3, do_sample=False)
         n = alvts.routing_state(model).visual.sum(1)
         assert (alvts.routing_state(model).visual_kept() == (n * 0.25 + 1e-6).floor().long()).all()
@@ -89,11 +89,27 @@ def test_svd_init_is_the_data_free_truncated_svd_of_the_merged_form():
     assert not torch.allclose(whitened.selector.factors[1], pack.selector.factors[1])
 
 
+def test_t2v_score_is_fitted_saved_and_routed(tmp_path):
+    model = tiny_model("qwen2_5_vl", "sdpa")
+    samples = _samples(model, 4)
+    product = calibrate(model, samples, CalibrationConfig(rank=4, layers=[1], stage_b_steps=10))
+    t2v = calibrate(model, samples, CalibrationConfig(rank=4, layers=[1], stage_b_steps=10, score="t2v"), tmp_path)
+    reloaded = SelectorPack.from_pretrained(tmp_path)
+    assert reloaded.config.score == reloaded.selector.score == "t2v" and product.selector.score == "v2v*t2v"
+    # Stage A does not look at the target; its held-out agreement is measured against the score asked for
+    assert t2v.config.metrics["1"]["A_spearman"] != product.config.metrics["1"]["A_spearman"]
+    with alvts.routed(model, reloaded, keep=[1.0, 0.25, 1.0, 1.0]), torch.no_grad():
+        model(**tiny_inputs(model))
+        state = alvts.routing_state(model)
+        assert (state.selected[1] & state.visual).sum(1).tolist() == (state.visual.sum(1) // 4).tolist()
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
         (CalibrationConfig(layers=[7]), r"out of range: the model has decoder layers 0-3"),
         (CalibrationConfig(init="random"), "init must be 'whitened' or 'svd'"),
+        (CalibrationConfig(score="v2v"), r"unknown score 'v2v'; valid scores: v2v\*t2v, t2v"),
     ],
 )
 def test_bad_settings_are_refused_before_model_work(config, message, monkeypatch):

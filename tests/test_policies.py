@@ -8,17 +8,18 @@ from alvts import RandomPolicy, attention_importance, get_policy
 from alvts.testing import tiny_inputs, tiny_model
 
 
-def _scores_from_attention_probs(probs, visual, valid):
-    """S = S_V2V * S_T2V from recorded (batch, heads, q, k) attention probabilities, straight from the definition."""
+def _scores_from_attention_probs(probs, visual, valid, score):
+    """S = S_V2V * S_T2V (or S_T2V) from recorded (batch, heads, q, k) attention probabilities, from the definition."""
     mean = probs.mean(1)[0]
     vis, txt = visual[0], valid[0] & ~visual[0]
     s_v2v = mean[vis].sum(0) / vis.sum()
     s_t2v = mean[txt].sum(0) / txt.sum()
-    return (s_v2v * s_t2v)[vis].log()
+    return (s_t2v if score == "t2v" else s_v2v * s_t2v)[vis].log()
 
 
+@pytest.mark.parametrize("score", ["v2v*t2v", "t2v"])
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
-def test_attention_importance_matches_the_models_own_attention(family):
+def test_attention_importance_matches_the_models_own_attention(family, score):
     model = tiny_model(family, "eager")
     batch = tiny_inputs(model, [[(1, 12, 12) if family == "qwen2_5_vl" else None]])
     with torch.no_grad():
@@ -34,9 +35,14 @@ def test_attention_importance_matches_the_models_own_attention(family):
     for i, layer in enumerate(lm.layers):
         with torch.no_grad():
             ours = attention_importance(
-                layer.self_attn, layer.input_layernorm(out.hidden_states[i]), captured["cos_sin"], visual, valid
+                layer.self_attn,
+                layer.input_layernorm(out.hidden_states[i]),
+                captured["cos_sin"],
+                visual,
+                valid,
+                score=score,
             )
-        expected = _scores_from_attention_probs(out.attentions[i], visual, valid)
+        expected = _scores_from_attention_probs(out.attentions[i], visual, valid, score)
         assert torch.allclose(ours[visual], expected, atol=1e-4, rtol=1e-4)
         assert torch.isinf(ours[~visual]).all()
 

@@ -20,6 +20,7 @@ from ..calibration import CalibrationConfig, calibrate
 from ..data import BUILTIN_NAME, DataError, load_calibration_rows
 from ..inputs import encode_example
 from ..pack import SelectorPack
+from ..policies import SCORES
 from ..recipes import RECIPES_ENV, available_recipes, load_recipe
 from .common import DTYPES, CommandError, first_line, load_model_and_processor, run_command
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stage-b-steps", type=int, default=defaults.stage_b_steps, help="refinement steps per layer, 0 to skip")
     add("--loss", choices=LOSSES, default=defaults.loss, help="refinement loss (default: %(default)s)")
     add("--init", choices=INITS, default=defaults.init, help="Stage A: data-whitened, or the data-free SVD of B")
+    add("--score", choices=SCORES, default=defaults.score, help="importance score; t2v alone is an ablation")
     add("--push-to-hub", metavar="REPO", help="also upload the pack to this Hub model repo")
     add("--trust-remote-code", action="store_true", help="allow model code from the Hub repo to run")
     return parser
@@ -105,6 +107,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, has_r
         (args.dtype is None or args.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}"),
         (args.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {args.loss!r}"),
         (args.init in INITS, f"--init must be one of {', '.join(INITS)}, got {args.init!r}"),
+        (args.score in SCORES, f"--score must be one of {', '.join(SCORES)}, got {args.score!r}"),
         (args.device != "cuda" or torch.cuda.is_available(), "--device cuda, but no CUDA device is available"),
         (
             not args.push_to_hub or get_token() is not None,
@@ -160,6 +163,7 @@ def run(args: argparse.Namespace) -> None:
         stage_b_steps=args.stage_b_steps,
         loss=args.loss,
         init=args.init,
+        score=args.score,
         seed=args.seed,
     )
     dataset_info = {

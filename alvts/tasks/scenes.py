@@ -13,8 +13,9 @@ from .vocab import COLOURS, COMBOS, DIRECTIONS, NEGATIVE_MODES, POPULAR_TOP_K, P
 GRID = 4  # lookup grid is GRID x GRID cells
 TEXT_UNITS = 112  # a font pixel is 1/TEXT_UNITS of the image side: at 448 px a glyph (5 x 7) with its gap fills
 GLYPH_PITCH = GLYPH_WIDTH + GLYPH_GAP  # one 28-px visual token, so each digit lives in exactly one token
+READING_COLUMN = 1  # the number's first glyph is in this token column (the left margin); its line is random
 SHAPE_SIZES = (0.10, 0.14)  # side of a scattered shape as a fraction of the image side
-COUNTING_SIZES = (0.09, 0.12)  # smaller, since counting scenes hold up to 11 shapes
+COUNTING_SIZES = (0.09, 0.12)  # smaller, since counting scenes hold up to 8 shapes
 
 Scene = dict
 Generator = Callable[[random.Random], tuple[Scene, str]]
@@ -57,11 +58,13 @@ def _lookup(rng: random.Random) -> tuple[Scene, str]:
 
 
 def _counting(rng: random.Random) -> tuple[Scene, str]:
-    """1-6 shapes of the asked colour among 2-5 others, so the answer needs the whole image."""
+    """1-4 shapes of the asked colour among 2-4 others, scattered, so the answer needs the whole image. Small
+    counts, as in counting benchmarks' common cases: a model this small reads a count from how its attention divides
+    between the matches and a sink, and shares like 1/6 against 1/7 are beyond its precision."""
     target = rng.choice(COLOUR_NAMES)
-    count = rng.randint(1, 6)
+    count = rng.randint(1, 4)
     others = [colour for colour in COLOUR_NAMES if colour != target]
-    colours = [target] * count + [rng.choice(others) for _ in range(rng.randint(2, 5))]
+    colours = [target] * count + [rng.choice(others) for _ in range(rng.randint(2, 4))]
     rng.shuffle(colours)
     boxes = place(rng, len(colours), COUNTING_SIZES)
     objects = [_shape(colour, rng.choice(SHAPES), box) for colour, box in zip(colours, boxes, strict=True)]
@@ -101,11 +104,12 @@ def _existence_attempt(rng: random.Random) -> tuple[Scene, str] | None:
 
 
 def _reading(rng: random.Random) -> tuple[Scene, str]:
-    """A 3-5 digit number in the bitmap font plus 1-3 distractor shapes; the answer is a multi-token string."""
+    """A 3-5 digit number in the bitmap font on a random line, starting at the left margin like a ledger entry, plus
+    1-3 distractor shapes; the answer is a multi-token string read glyph by glyph."""
     text = str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(2, 4)))
-    # glyph i fills token column k + i of token row m (at 448 px): one digit per visual token
+    # glyph i fills token column READING_COLUMN + i of token row m (at 448 px): one digit per visual token
     width, height = text_extent(text)  # font pixels
-    k = rng.randint(1, (int((1 - MARGIN) * TEXT_UNITS) - width - 1) // GLYPH_PITCH)
+    k = READING_COLUMN
     m = rng.randint(1, (int((1 - MARGIN) * TEXT_UNITS) - height) // GLYPH_PITCH)
     x, y = (GLYPH_PITCH * k + 1) / TEXT_UNITS, GLYPH_PITCH * m / TEXT_UNITS
     text_box = [round(x, 4), round(y, 4), round(x + width / TEXT_UNITS, 4), round(y + height / TEXT_UNITS, 4)]
