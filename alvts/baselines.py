@@ -125,22 +125,6 @@ class V2DropPolicy(Policy):
         return f"V2DropPolicy(dense_layers={self.dense_layers})"
 
 
-class DivPrunePolicy(Policy):
-    """DivPrune (Alvar et al., CVPR 2025, arXiv 2503.02175): before the language model, keep the most diverse visual
-    tokens (greedy max-min cosine distance of their embeddings), the same set in every layer."""
-
-    name = "divprune"
-
-    def scores(self, inputs: LayerInputs) -> torch.Tensor:
-        if inputs.layer_idx > 0:
-            return inputs.previous.float()
-        scores = torch.full(inputs.visual.shape, float("-inf"), device=inputs.visual.device)
-        for row in range(len(scores)):
-            visual = inputs.visual[row]
-            scores[row, visual] = -max_min_order(inputs.hidden_states[row, visual]).float()
-        return scores
-
-
 class DenseEarlyRandomPolicy(RandomPolicy):
     """Random selection, redrawn in every layer after dense early layers: the layer-wise random baseline of
     information-horizon analyses (how much does *which* token matter once early layers have mixed the image in)."""
@@ -160,25 +144,54 @@ class DenseEarlyRandomPolicy(RandomPolicy):
 
 
 class SelectOncePolicy(Policy):
-    """Ablation of layer-wise selection: `inner` picks the visual tokens at the first layer that drops any, and the
-    later layers keep exactly those (static pruning with the same scorer and the same budget)."""
+    """Ablation of layer-wise selection: `inner` scores the visual tokens at the first layer that drops any, and the
+    later layers keep the best of those by the same scores (static pruning with the same scorer and budget)."""
 
     name = "once"
 
     def __init__(self, inner: Policy | str):
         self.inner = get_policy(inner)
         self.needs_previous_hidden = self.inner.needs_previous_hidden
+        self._first: torch.Tensor | None = None
 
     def layer_keeps(self, keep: float, num_layers: int) -> tuple[float, ...]:
         return self.inner.layer_keeps(keep, num_layers)
 
     def scores(self, inputs: LayerInputs) -> torch.Tensor:
-        if inputs.previous.equal(inputs.visual):  # nothing dropped yet: this layer selects
-            return self.inner.scores(inputs)
-        return inputs.previous.float()
+        if inputs.previous.equal(inputs.visual):  # nothing dropped yet: this layer scores
+            self._first = self.inner.scores(inputs).float()
+            return self._first
+        return kept_before(self._first, inputs.previous)
 
     def __repr__(self) -> str:
         return f"SelectOncePolicy({self.inner!r})"
+
+
+class MaxMinDiversity(Policy):
+    """Each visual token's place in the greedy max-min diversity order of the layer's input states (first = best)."""
+
+    name = "diversity"
+
+    def scores(self, inputs: LayerInputs) -> torch.Tensor:
+        scores = torch.full(inputs.visual.shape, float("-inf"), device=inputs.visual.device)
+        for row in range(len(scores)):
+            visual = inputs.visual[row]
+            scores[row, visual] = -max_min_order(inputs.hidden_states[row, visual]).float()
+        return scores
+
+
+class DivPrunePolicy(SelectOncePolicy):
+    """DivPrune (Alvar et al., CVPR 2025, arXiv 2503.02175): before the language model, keep the most diverse visual
+    tokens (greedy max-min cosine distance of their embeddings); later layers keep the same set, or its most diverse
+    part under a shrinking schedule."""
+
+    name = "divprune"
+
+    def __init__(self):
+        super().__init__(MaxMinDiversity())
+
+    def __repr__(self) -> str:
+        return "DivPrunePolicy()"
 
 
 BASELINES: dict[str, type[Policy]] = {

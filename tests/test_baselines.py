@@ -88,6 +88,26 @@ def test_select_once_keeps_the_first_dropping_layer_s_choice_in_every_later_laye
     assert any(not layer_wise[i].equal(layer_wise[0]) for i in range(1, 4))  # random redraws per layer
 
 
+def test_divprune_under_a_shrinking_schedule_keeps_the_most_diverse_of_the_first_choice():
+    model = tiny_model("qwen2_5_vl", "sdpa")
+    batch = tiny_inputs(model, [[(1, 16, 16)]])
+    captured = {}
+
+    def grab(module, args, kwargs):
+        captured["x"] = kwargs["inputs_embeds"]
+
+    hook = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    with alvts.routed(model, alvts.DivPrunePolicy(), keep=[0.5, 0.25, 0.25, 0.125]), torch.no_grad():
+        model(**batch)
+        state = alvts.routing_state(model)
+    hook.remove()
+    visual = state.visual[0]
+    rank = max_min_order(captured["x"][0, visual])  # the diversity order of the language model's input embeddings
+    positions = visual.nonzero().flatten()
+    for layer, k in enumerate((32, 16, 16, 8)):
+        assert set(state.selected[layer][0].nonzero().flatten().tolist()) == set(positions[rank < k].tolist())
+
+
 @pytest.mark.parametrize(
     ("policy", "keep", "fix"),
     [
