@@ -15,7 +15,8 @@ TEXT_UNITS = 112  # a font pixel is 1/TEXT_UNITS of the image side: at 448 px a 
 GLYPH_PITCH = GLYPH_WIDTH + GLYPH_GAP  # one 28-px visual token, so each digit lives in exactly one token
 READING_COLUMN = 1  # the number's first glyph is in this token column (the left margin); its line is random
 SHAPE_SIZES = (0.10, 0.14)  # side of a scattered shape as a fraction of the image side
-COUNTING_SIZES = (0.09, 0.12)  # smaller, since counting scenes hold up to 8 shapes
+TOKENS = 16  # visual tokens per image side at 448 px (28 px each)
+COUNTING_SIZE = 0.05  # a counted shape (22 px at 448) fits inside one visual token
 
 Scene = dict
 Generator = Callable[[random.Random], tuple[Scene, str]]
@@ -57,16 +58,31 @@ def _lookup(rng: random.Random) -> tuple[Scene, str]:
     return scene, objects[(row - 1) * GRID + col - 1]["colour"]
 
 
+def _token_cells(rng: random.Random, count: int) -> list[tuple[int, int]]:
+    """count distinct (row, col) token cells away from the border, no two touching (not even diagonally)."""
+    inner = [(row, col) for row in range(1, TOKENS - 1) for col in range(1, TOKENS - 1)]
+    for _ in range(1000):
+        cells = rng.sample(inner, count)
+        if all(max(abs(a - c), abs(b - d)) > 1 for i, (a, b) in enumerate(cells) for c, d in cells[i + 1 :]):
+            return cells
+    raise RuntimeError(f"could not place {count} shapes on separate tokens")
+
+
 def _counting(rng: random.Random) -> tuple[Scene, str]:
-    """1-4 shapes of the asked colour among 2-4 others, scattered, so the answer needs the whole image. Small
-    counts, as in counting benchmarks' common cases: a model this small reads a count from how its attention divides
-    between the matches and a sink, and shares like 1/6 against 1/7 are beyond its precision."""
+    """1-4 shapes of the asked colour among 2-4 others, scattered, so the answer needs the whole image. Each shape
+    sits inside one visual token (at 448 px) with empty tokens around it, so a shape is exactly one token. Counts
+    stay small, as in counting benchmarks' common cases: a model this small reads a count from how its attention
+    divides between the matches and a sink, and shares like 1/6 against 1/7 are beyond its precision."""
     target = rng.choice(COLOUR_NAMES)
     count = rng.randint(1, 4)
     others = [colour for colour in COLOUR_NAMES if colour != target]
     colours = [target] * count + [rng.choice(others) for _ in range(rng.randint(2, 4))]
     rng.shuffle(colours)
-    boxes = place(rng, len(colours), COUNTING_SIZES)
+    pad = (1 / TOKENS - COUNTING_SIZE) / 2
+    boxes = [
+        square((col / TOKENS) + pad, (row / TOKENS) + pad, COUNTING_SIZE)
+        for row, col in _token_cells(rng, len(colours))
+    ]
     objects = [_shape(colour, rng.choice(SHAPES), box) for colour, box in zip(colours, boxes, strict=True)]
     return {"task": "counting", "objects": objects, "query": {"colour": target}}, str(count)
 

@@ -139,6 +139,19 @@ def test_relation_answer_is_the_grid_neighbour():
         assert answer == f"{neighbour['colour']} {neighbour['shape']}"
 
 
+def test_counting_shapes_fill_one_token_each_with_empty_tokens_between_at_448():
+    token = 28
+    for seed in range(20):
+        scene, _ = generate_scene("counting", seed)
+        cells = []
+        for obj in scene["objects"]:
+            x0, y0, x1, y1 = (round(v * 448) for v in obj["bbox"])
+            assert x0 // token == (x1 - 1) // token and y0 // token == (y1 - 1) // token  # inside one token
+            cells.append((y0 // token, x0 // token))
+        for i, (r, c) in enumerate(cells):
+            assert all(max(abs(r - r2), abs(c - c2)) > 1 for r2, c2 in cells[i + 1 :])
+
+
 def test_reading_digits_fill_one_token_each_at_448():
     token = 28
     lines = set()
