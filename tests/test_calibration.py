@@ -27,7 +27,7 @@ def test_calibrate_save_reload_apply_generate(family, tmp_path):
     assert {"A_recall@0.111", "AB_recall@0.111", "AB_spearman", "AB_l2"} <= set(pack.config.metrics["3"])
     reloaded = SelectorPack.from_pretrained(tmp_path)
     batch = tiny_inputs(model)
-    with alvts.routed(model, reloaded, keep=[1.0, 0.25, 1.0, 1.0]), torch.no_grad():
+    with alvts.routed(model, reloaded, keep=0.25), torch.no_grad():
         out = model.generate(**batch, max_new_tokens=3, do_sample=False)
         n = alvts.routing_state(model).visual.sum(1)
         assert (alvts.routing_state(model).visual_kept() == (n * 0.25 + 1e-6).floor().long()).all()
