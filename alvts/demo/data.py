@@ -200,7 +200,8 @@ def encode_conversation(processor, image, turns: Sequence[tuple[str, str, dict]]
 
 
 class TrainingStream(IterableDataset):
-    """Endless training examples, task types in turn, example seeds from the training block: deterministic order.
+    """Endless training examples, task types in turn (a type listed twice comes twice as often), one training-block
+    seed per example: deterministic order.
     Each image carries up to `turns` questions (more answer tokens per forward pass of its 256 visual tokens)."""
 
     def __init__(self, processor, tasks: Sequence[str] = TASK_TYPES, start: int = 0, turns: int = 1):
@@ -210,7 +211,7 @@ class TrainingStream(IterableDataset):
         index = self.start
         while True:
             task = self.tasks[index % len(self.tasks)]
-            example = make_example(task, example_seed(TRAIN_SEED, index // len(self.tasks)))
+            example = make_example(task, example_seed(TRAIN_SEED, index))
             turns = conversation(example, self.turns, random.Random(example.seed))
             guides = [answer_guides(scene, example.image.size[0]) for _, _, scene in turns]
             yield {

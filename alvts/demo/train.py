@@ -35,6 +35,9 @@ from .data import (
     held_out,
 )
 
+# The training stream's task order: the tasks that need the most tokens or steps come twice (lookup and existence
+# are learnt first and need least)
+TRAINING_MIX = ("lookup", "counting", "existence", "reading", "relation", "reading", "counting", "relation")
 PROBE_SEED = EVAL_SEED + 1  # a held-out block for progress checks, disjoint from the final evaluation's
 
 
@@ -267,7 +270,7 @@ def train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="alvts/demo/model")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=1800)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-from", help="start from this checkpoint's weights (a second training stage)")
     parser.add_argument("--start-example", type=int, default=0, help="first training-stream index (after a stage)")
-    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES)
+    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TRAINING_MIX)
     parser.add_argument("--turns", type=int, default=6, help="questions per training image (answers all scored)")
     parser.add_argument("--guide-loss-weight", type=float, default=1.0, help="weight of the training-only losses")
     parser.add_argument(
