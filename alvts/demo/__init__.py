@@ -14,10 +14,13 @@ from pathlib import Path
 
 DEMO_MODEL_PATH = Path(__file__).parent / "model"
 ALIASES = {"demo": DEMO_MODEL_PATH}
+# The tasks on which the shipped model reaches the issue's 95% at full tokens (held-out, `python -m
+# alvts.demo.experiments --num-per-task 100`: lookup 1.00, reading 1.00; counting 0.77, existence 0.68, relation 0.12)
+TASKS_AT_BAR = ("lookup", "reading")
 
 
 def is_built() -> bool:
-    """Whether the trained demo weights are in the package (they ship once issue 5's training converges)."""
+    """Whether the trained demo weights are in the package (a source checkout may lack them)."""
     return (DEMO_MODEL_PATH / "model.safetensors").is_file()
 
 

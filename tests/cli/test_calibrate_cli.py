@@ -72,7 +72,7 @@ def test_subprocess_run_writes_a_pack_that_routes_generation(qwen_folder, tmp_pa
     batch = encode_example(load_processor(str(path)), example.image, example.question)
     alvts.apply(loaded, str(out), keep=0.5)
     with torch.no_grad():
-        generated = loaded.generate(**batch, max_new_tokens=3, do_sample=False)
+        generated = loaded.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     n = alvts.routing_state(loaded).visual.sum(1)
     assert (alvts.routing_state(loaded).visual_kept() == n // 2).all()
     assert generated.shape[1] == batch["input_ids"].shape[1] + 3
