@@ -189,6 +189,7 @@ class SelectorPack:
             f"Rank-{c.rank} selectors for {len(c.layers)} decoder layers (score form `{c.score_form}`, score "
             f"`{c.score}`), default keep {c.default_keep:.3f}. Fitted with alvts {c.alvts_version} on "
             f"{c.dataset or 'unspecified data'}.\n\n"
-            "```python\nimport alvts\n\nalvts.apply(model, alvts.SelectorPack.from_pretrained(PATH), keep=0.11)\n```\n\n"
+            "```python\nimport alvts\n\n"
+            "alvts.apply(model, alvts.SelectorPack.from_pretrained(PATH), keep=0.11)\n```\n\n"
             + (f"## Held-out metrics per layer\n\n{header}{rows}\n" if c.metrics else "")
         )
