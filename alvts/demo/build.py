@@ -74,7 +74,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 192, num
     text = dict(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 5 // 2,
         num_hidden_layers=num_layers, num_attention_heads=hidden_size // 32, num_key_value_heads=2,
-        max_position_embeddings=2048, tie_word_embeddings=True,
+        max_position_embeddings=2048, tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 100.0},
         bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )  # fmt: skip
@@ -86,5 +86,5 @@ def build_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 192, num
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )  # fmt: skip

@@ -21,11 +21,15 @@ PALETTE = (None, *(COLOURS[name] for name in COLOUR_NAMES), TEXT_COLOUR)  # clas
 NUM_COLOUR_CLASSES = len(PALETTE)
 NUM_CENTRE_CLASSES = 1 + len(SHAPES) + 10  # nothing, a shape's centre, a digit's centre
 MAX_DIGITS = 5  # the reading task's longest number (tasks/scenes.py: _reading)
+# a neighbour's (colour, shape) as two 1-based classes (0: no neighbour)
+NEIGHBOUR_CLASSES = {(c, s): [1 + COLOUR_NAMES.index(c), 1 + SHAPES.index(s)] for c, s in COMBOS}
+NEIGHBOUR_SPLITS = (1 + len(COLOUR_NAMES), 1 + len(SHAPES)) * len(DIRECTIONS)  # class counts of _neighbours' columns
 
 
 def token_targets(example: Example) -> torch.Tensor:
-    """(tokens, 5) long, per visual token in raster order: the palette class covering most of it, what centre (if
-    any) falls inside it, its row, its column, and which digit of the number (1-based, 0 for none) centres in it.
+    """(tokens, 5 + 2 * len(DIRECTIONS)) long, per visual token in raster order: the palette class covering most of
+    it, what centre (if any) falls inside it, its row, its column, which digit of the number (1-based, 0 for none)
+    centres in it, and its neighbours (see _neighbours).
     Training-only dense signals: colours and centres teach the small vision tower what is where; row, column and
     digit order teach the decoder where each token is, which the vision tower cannot see (it has only relative
     positions) and which lookup, relation and reading questions name."""
@@ -49,7 +53,26 @@ def token_targets(example: Example) -> torch.Tensor:
             at = _centre_token(point, width)
             centre[at], ordinal[at] = 1 + len(SHAPES) + int(char), index + 1
     row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    return torch.stack([colour.flatten(), centre, row.flatten(), col.flatten(), ordinal], -1)
+    own = torch.stack([colour.flatten(), centre, row.flatten(), col.flatten(), ordinal], -1)
+    return torch.cat([own, _neighbours(example.scene, width)], 1)
+
+
+def _neighbours(scene: dict, size: int) -> torch.Tensor:
+    """(tokens, 2 * len(DIRECTIONS)) long: at the centre token of each shape of a grid scene, the colour and shape of
+    the next shape in each direction (1-based; 0 at the grid's edge); -100 elsewhere. The visual tokens then learn
+    what lies next to them, so a relation question only has to find its anchor, as an existence question does (with
+    two hops, anchor then neighbour, relation never left its answer prior)."""
+    targets = torch.full(((size // TOKEN_PIXELS) ** 2, 2 * len(DIRECTIONS)), -100)
+    if "grid" not in scene:
+        return targets
+    at = {(obj["row"], obj["col"]): obj for obj in scene["objects"]}
+    for (row, col), obj in at.items():
+        classes = []
+        for dx, dy in DIRECTIONS.values():
+            other = at.get((row + dy, col + dx))
+            classes += [0, 0] if other is None else NEIGHBOUR_CLASSES[other["colour"], other["shape"]]
+        targets[_centre_token(obj["centre"], size)] = torch.tensor(classes)
+    return targets
 
 
 def _digit_centres(scene: dict) -> list[tuple[float, float]]:

@@ -29,6 +29,7 @@ from .data import (
     FIELDS,
     GUIDES,
     MAX_DIGITS,
+    NEIGHBOUR_SPLITS,
     NUM_CENTRE_CLASSES,
     NUM_COLOUR_CLASSES,
     TOKEN_PIXELS,
@@ -150,12 +151,12 @@ def train(args: argparse.Namespace) -> None:
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
     )  # fmt: skip
     # Training-only heads and hooks (see token_targets and answer_guides), not part of the saved model: the colour and
-    # centre of every merged visual token from the vision tower's output; each visual token's row, column and digit
-    # order, and what each answer position's question asks, from a decoder layer's output; and where the answer
-    # positions look in the next two layers.
+    # centre of every merged visual token from the vision tower's output; each visual token's row, column, digit
+    # order and neighbours, and what each answer position's question asks, from a decoder layer's output; and where
+    # the answer positions look in the next two layers.
     hidden, grid = config.text_config.hidden_size, IMAGE_SIZE // TOKEN_PIXELS
     token_head = torch.nn.Linear(hidden, NUM_COLOUR_CLASSES + NUM_CENTRE_CLASSES).to(device)
-    position_head = torch.nn.Linear(hidden, 2 * grid + MAX_DIGITS + 1).to(device)
+    position_head = torch.nn.Linear(hidden, 2 * grid + MAX_DIGITS + 1 + sum(NEIGHBOUR_SPLITS)).to(device)
     field_head = torch.nn.Linear(hidden, sum(FIELDS.values())).to(device)
     captured: dict[str, torch.Tensor] = {}
     model.model.visual.register_forward_hook(lambda m, a, output: captured.update(visual=output.pooler_output))
@@ -176,7 +177,7 @@ def train(args: argparse.Namespace) -> None:
     heads = (token_head, position_head, field_head)
     parameters = [*model.parameters(), *(p for head in heads for p in head.parameters())]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    splits = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, grid, grid, MAX_DIGITS + 1)
+    splits = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, grid, grid, MAX_DIGITS + 1, *NEIGHBOUR_SPLITS)
 
     def dense_loss(targets: torch.Tensor, image_positions: torch.Tensor) -> torch.Tensor:
         # The heads read RMS-normalised features: on raw ones, cross-entropy grows the visual features' norm ~70x, and
@@ -184,7 +185,7 @@ def train(args: argparse.Namespace) -> None:
         visual, decoder = F.rms_norm(captured["visual"], (hidden,)), F.rms_norm(captured["decoder"], (hidden,))
         logits = torch.cat([token_head(visual), position_head(decoder[image_positions])], 1)
         parts = logits.split(splits, 1)
-        loss = sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(parts))
+        loss = sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(parts) if (targets[:, i] >= 0).any())
         # centres and digit orders are a few tokens per image: without their own mean, "none" swamps them (the
         # vision tower then never tells digits apart, and reading stays at chance)
         for i in (1, 4):
@@ -304,7 +305,7 @@ def train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="alvts/demo/model")
-    parser.add_argument("--steps", type=int, default=1800)
+    parser.add_argument("--steps", type=int, default=2200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=100)

@@ -17,7 +17,8 @@ from alvts.demo.data import (
 )
 from alvts.inputs import encode_example
 from alvts.tasks import TASK_TYPES, answer_for, make_example
-from alvts.tasks.vocab import SHAPES
+from alvts.tasks.scenes import COLOUR_NAMES
+from alvts.tasks.vocab import DIRECTIONS, SHAPES
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_each_answer_token_has_one_guide_row(task):
 def test_token_targets_mark_colours_and_centres_where_the_scene_puts_them():
     example = make_example("lookup", 2)
     targets = token_targets(example)
-    assert targets.shape == (256, 5)
+    assert targets.shape == (256, 5 + 2 * len(DIRECTIONS))
     assert torch.equal(targets[:, 2] * 16 + targets[:, 3], torch.arange(256))  # row, column in raster order
     for obj in example.scene["objects"]:
         x, y = obj["centre"]
@@ -86,6 +87,20 @@ def test_token_targets_number_the_digits_left_to_right():
     digits = targets[targets[:, 4] > 0]
     assert digits[:, 4].tolist() == list(range(1, len(example.answer) + 1))  # raster order is reading order
     assert [str(c - 1 - len(SHAPES)) for c in digits[:, 1].tolist()] == list(example.answer)
+
+
+def test_neighbour_targets_at_the_anchor_give_the_relation_answer():
+    """What a relation question asks is stored at its anchor's centre token, so finding the anchor answers it."""
+    for seed in range(20):
+        example = make_example("relation", seed)
+        query = example.scene["query"]
+        anchor = example.scene["objects"][query["anchor"]]
+        column = 5 + 2 * list(DIRECTIONS).index(query["direction"])
+        colour, shape = token_targets(example)[_token(anchor["centre"]), column : column + 2].tolist()
+        assert f"{COLOUR_NAMES[colour - 1]} {SHAPES[shape - 1]}" == example.answer
+    neighbours = token_targets(make_example("relation", 0))[:, 5:]
+    assert ((neighbours >= 0).all(1).sum(), (neighbours == 0).sum()) == (16, 4 * 4 * 2)  # 16 shapes; 4 x 4 edges
+    assert (token_targets(make_example("counting", 0))[:, 5:] == -100).all()  # only grid scenes have neighbours
 
 
 def _token(point):
