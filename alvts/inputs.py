@@ -18,17 +18,36 @@ def prompt_text(processor, question: str) -> str:
 
 def encode_example(processor, image: Image.Image, question: str, answer: str | None = None) -> dict:
     """Processor outputs for one example; with an answer, also `labels` that score only the answer and its end."""
-    text = prompt_text(processor, question)
     if answer is None:
-        return dict(processor(images=[image], text=[text], return_tensors="pt"))
-    encoded = dict(processor(images=[image], text=[text + answer + ANSWER_END], return_tensors="pt"))
-    answer_ids = processor.tokenizer(answer + ANSWER_END, add_special_tokens=False, return_tensors="pt").input_ids
-    ids = encoded["input_ids"]
-    if not torch.equal(ids[0, -answer_ids.shape[1] :], answer_ids[0]):
-        raise ValueError(f"answer {answer!r} does not tokenize the same after the prompt")
-    labels = torch.full_like(ids, -100)
-    labels[0, -answer_ids.shape[1] :] = answer_ids[0]
-    encoded["labels"] = labels
+        return dict(processor(images=[image], text=[prompt_text(processor, question)], return_tensors="pt"))
+    return encode_conversation(processor, image, [(question, answer)])
+
+
+def encode_conversation(processor, image: Image.Image, turns: Sequence[tuple[str, str]]) -> dict:
+    """Processor outputs for a chat of (question, answer) turns about one image, with `labels` on every answer and its
+    end token. The first turn carries the image and is exactly what inference sees (`prompt_text`)."""
+    text = prompt_text(processor, turns[0][0]) + turns[0][1] + ANSWER_END
+    for question, answer in turns[1:]:
+        messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
+        text += "\n" + processor.apply_chat_template(messages, add_generation_prompt=True) + answer + ANSWER_END
+    encoded = dict(processor(images=[image], text=[text], return_tensors="pt"))
+    # an answer starts after each generation prompt (the template's assistant header) and runs to its end token
+    messages = [{"role": "user", "content": [{"type": "text", "text": ""}]}]
+    without = processor.apply_chat_template(messages)
+    header = processor.apply_chat_template(messages, add_generation_prompt=True)[len(without) :]
+    start = processor.tokenizer(header, add_special_tokens=False).input_ids
+    end = processor.tokenizer.convert_tokens_to_ids(ANSWER_END)
+    ids = encoded["input_ids"][0].tolist()
+    labels = torch.full((len(ids),), -100)
+    inside = False
+    for position, token in enumerate(ids):
+        if inside:
+            labels[position], inside = token, token != end
+        else:
+            inside = ids[max(0, position - len(start) + 1) : position + 1] == start
+    if (labels == end).sum() != len(turns):
+        raise ValueError(f"found {(labels == end).sum()} answers for {len(turns)} turns: the chat template moved them")
+    encoded["labels"] = labels[None]
     return encoded
 
 

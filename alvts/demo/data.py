@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset
 
-from ..inputs import ANSWER_END, prompt_text
+from ..inputs import encode_conversation
 from ..tasks import TASK_TYPES, TRAIN_SEED, Example, answer_for, example_seed, make_example, question_for
 from ..tasks.font import GLYPH_GAP, GLYPH_HEIGHT, GLYPH_WIDTH
 from ..tasks.geometry import is_unambiguous, nearest_in_direction
@@ -198,30 +198,6 @@ def conversation(example: Example, turns: int, rng: random.Random) -> list[tuple
     return qa
 
 
-def encode_conversation(processor, image, turns: Sequence[tuple[str, str, dict]]) -> dict:
-    """Processor outputs for a multi-turn chat about one image, with `labels` on every answer and its end token
-    (the first turn is exactly what inference sees)."""
-    text = prompt_text(processor, turns[0][0]) + turns[0][1] + ANSWER_END
-    for question, answer, _ in turns[1:]:
-        messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-        text += "\n" + processor.apply_chat_template(messages, add_generation_prompt=True) + answer + ANSWER_END
-    encoded = dict(processor(images=[image], text=[text], return_tensors="pt"))
-    ids = encoded["input_ids"][0]
-    tokenizer = processor.tokenizer
-    start = tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
-    end = tokenizer.convert_tokens_to_ids(ANSWER_END)
-    labels = torch.full_like(ids, -100)
-    inside = False
-    for position in range(len(ids)):
-        if inside:
-            labels[position] = ids[position]
-            inside = ids[position].item() != end
-        elif ids[position - len(start) + 1 : position + 1].tolist() == start:
-            inside = True
-    encoded["labels"] = labels[None]
-    return encoded
-
-
 class TrainingStream(IterableDataset):
     """Endless training examples, task types in turn (a type listed twice comes twice as often), one training-block
     seed per example: deterministic order.
@@ -238,7 +214,7 @@ class TrainingStream(IterableDataset):
             turns = conversation(example, self.turns, random.Random(example.seed))
             guides = [answer_guides(scene, example.image.size[0]) for _, _, scene in turns]
             yield {
-                **encode_conversation(self.processor, example.image, turns),
+                **encode_conversation(self.processor, example.image, [(q, a) for q, a, _ in turns]),
                 "task": task,
                 "token_targets": token_targets(example),
                 **{name: torch.cat([g[i] for g in guides]) for i, name in enumerate(GUIDES)},

@@ -12,10 +12,9 @@ from alvts.demo.data import (
     PALETTE,
     answer_guides,
     conversation,
-    encode_conversation,
     token_targets,
 )
-from alvts.inputs import encode_example
+from alvts.inputs import encode_conversation, encode_example
 from alvts.tasks import TASK_TYPES, answer_for, make_example
 from alvts.tasks.scenes import COLOUR_NAMES
 from alvts.tasks.vocab import DIRECTIONS, SHAPES
@@ -46,15 +45,14 @@ def test_extra_turns_ask_about_the_same_scene():
 
 def test_first_turn_is_what_inference_sees_and_labels_cover_every_answer(processor):
     example = make_example("lookup", 1)
-    turns = conversation(example, 3, random.Random(0))
-    single = encode_example(processor, example.image, example.question, example.answer)
-    assert all(torch.equal(v, encode_conversation(processor, example.image, turns[:1])[k]) for k, v in single.items())
+    turns = [(question, answer) for question, answer, _ in conversation(example, 3, random.Random(0))]
+    prompt = encode_example(processor, example.image, example.question)["input_ids"][0]
     encoded = encode_conversation(processor, example.image, turns)
-    labels = encoded["labels"][0]
-    expected = "".join(answer + "<|im_end|>" for _, answer, _ in turns)
-    assert processor.tokenizer.decode(labels[labels != -100]) == expected
-    n = single["input_ids"].shape[1]
-    assert torch.equal(encoded["input_ids"][0, :n], single["input_ids"][0])
+    ids, labels = encoded["input_ids"][0], encoded["labels"][0]
+    assert torch.equal(ids[: len(prompt)], prompt) and (labels[: len(prompt)] == -100).all()
+    assert processor.tokenizer.decode(labels[labels != -100]) == "".join(f"{answer}<|im_end|>" for _, answer in turns)
+    single = encode_example(processor, example.image, example.question, example.answer)["labels"][0]
+    assert processor.tokenizer.decode(single[single != -100]) == f"{example.answer}<|im_end|>"
 
 
 @pytest.mark.parametrize("task", TASK_TYPES)
