@@ -123,6 +123,16 @@ def save(model, processor, out: Path) -> None:
     processor.save_pretrained(out)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that repeats a run, every option spelled out (defaults may change later)."""
+    options = (
+        f"--{key.replace('_', '-')} {','.join(value) if isinstance(value, tuple) else value}"
+        for key, value in vars(args).items()
+        if value is not None
+    )
+    return " ".join(["python -m alvts.demo.train", *options])
+
+
 def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -287,8 +297,7 @@ def train(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     save(model.eval(), processor, out)
     summary = {
-        "command": "python -m alvts.demo.train "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "command": command_line(args),
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads)",
