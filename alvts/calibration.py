@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask
 
 from .fit import LayerSample, fit_low_rank_selector, layer_metrics, merged_bilinear_form, refine_selector
+from .offload import execution_device, onloaded
 from .pack import SelectorConfig, SelectorPack, model_fingerprint
 from .policies import attention_importance, check_score
 from .routing import get_adapter
@@ -52,6 +53,10 @@ class _LayerInput:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     visual: torch.Tensor  # (1, seq) bool
     valid: torch.Tensor  # (1, seq) bool
+
+    def to(self, device: torch.device) -> None:
+        self.hidden, self.visual, self.valid = (t.to(device) for t in (self.hidden, self.visual, self.valid))
+        self.position_embeddings = tuple(t.to(device) for t in self.position_embeddings)
 
 
 @torch.no_grad()
@@ -127,11 +132,15 @@ def calibrate(
     bar = tqdm(range(max(layers) + 1), desc="Calibrating", unit="layer")
     for i in bar:
         layer = decoder_layers[i]
+        device = execution_device(layer)  # layers may sit on different devices (device_map)
+        for x in inputs:
+            x.to(device)
         if i in layers:
             bar.set_postfix(layer=f"{i + 1}/{len(decoder_layers)}")
             saved = _load_layer(progress_dir, i)
             if saved is None:
-                saved = _fit_layer(i, layer, adapter, inputs, held_ids, config)
+                with onloaded(layer):
+                    saved = _fit_layer(i, layer, adapter, inputs, held_ids, config)
                 _save_layer(progress_dir, i, *saved)
             factors[i], temps[i], metrics[str(i)] = saved
         with torch.no_grad():  # advance every sample through the full stock layer

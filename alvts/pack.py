@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
+from .offload import onloaded
 from .routing import get_adapter
 from .selector import LowRankSelector
 
@@ -35,9 +36,10 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     digest = hashlib.sha256()
     for layer in adapter.decoder_layers(model):
         attn = adapter.attention(layer)
-        for weight in (attn.q_proj.weight, attn.k_proj.weight, adapter.input_norm(layer).weight):
-            flat = weight.detach().flatten()
-            digest.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+        with onloaded(layer):
+            for weight in (attn.q_proj.weight, attn.k_proj.weight, adapter.input_norm(layer).weight):
+                flat = weight.detach().flatten()
+                digest.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
     return {
         "model_type": model.config.model_type,
         "num_layers": text.num_hidden_layers,

@@ -68,10 +68,20 @@ QWEN_7B = dict(
     vocab_size=152064, max_position_embeddings=128000, rms_norm_eps=1e-6,
     rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
 )  # fmt: skip
+TINY_QWEN = dict(
+    QWEN_7B,
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    rope_parameters=dict(QWEN_7B["rope_parameters"], mrope_section=[8, 12, 12]),
+)
 NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 # name: (family, text stack, vision tower geometry, image (Qwen (t, h, w) patches; NeXT (h, w) pixels), batch sizes)
 PRESETS: dict[str, tuple] = {
     "cpu-tiny": ("llava", TINY_LM, dict(image_size=96, patch_size=4), None, (1, 2)),
+    "cpu-tiny-qwen": ("qwen2_5_vl", TINY_QWEN, dict(patch_size=14), (1, 24, 24), (1, 2)),
     "qwen2.5-vl-7b": ("qwen2_5_vl", QWEN_7B, dict(patch_size=14), (1, 72, 72), (1, 8)),
     "qwen2.5-vl-7b-5184": ("qwen2_5_vl", QWEN_7B, dict(patch_size=14), (1, 144, 144), (1,)),
     "llava-1.5-7b": ("llava", LLAMA_7B, dict(image_size=336, patch_size=14), None, (1, 8)),
