@@ -8,6 +8,7 @@ Time is wall-clock for the whole `calibrate` call (layer inputs captured once pe
 
     python benchmarks/calibration.py --model demo --json /tmp/calibration_demo.json          # CPU, a few minutes
     python benchmarks/calibration.py --model /path/to/Qwen2.5-VL-7B-Instruct --device cuda --num-samples 256
+    python benchmarks/calibration.py --preset qwen2.5-vl-7b --ranks 32 --num-samples 256    # 7B shapes, no download
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from prefill import PRESETS, build_config, image_features, prefill_call
 
 from alvts.calibration import CalibrationConfig, calibrate
 from alvts.cli.calibrate import encode_samples
@@ -37,10 +39,33 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+@torch.no_grad()
+def preset_model_and_samples(args: argparse.Namespace) -> tuple[torch.nn.Module, list[dict]]:
+    """A prefill.py preset's random-weight model and `num_samples` single-sample calls with random image features
+    (text + the preset's visual token count), fed to the decoder through `mm_encoder_outputs` like prefill.py."""
+    cls, config = build_config(args.preset)
+    device = "cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if device == "cuda" else "fp32")
+    ]
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype).eval()
+    model.set_attn_implementation("sdpa")
+    image, samples = PRESETS[args.preset][3], []
+    for s in range(args.num_samples):
+        call = prefill_call(config, image_features(model, image, device, dtype), 1, 64, args.seed + s, image)
+        samples.append({key: value for key, value in call.items() if key not in ("logits_to_keep", "use_cache")})
+    return model, samples
+
+
 def run(args: argparse.Namespace) -> dict:
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-    rows = load_calibration_rows(None, "train", "image", "question", args.num_samples, args.seed)
-    samples = list(encode_samples(processor, rows, model.device))
+    if args.preset:
+        model, samples = preset_model_and_samples(args)
+    else:
+        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+        rows = load_calibration_rows(None, "train", "image", "question", args.num_samples, args.seed)
+        samples = list(encode_samples(processor, rows, model.device))
     results = []
     for rank in args.ranks:
         if model.device.type == "cuda":
@@ -55,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
              "layers": layers}
         )  # fmt: skip
     return {
-        "model": args.model,
+        "model": f"{args.preset} (random weights)" if args.preset else args.model,
         "num_samples": len(samples),
         "stage_b_steps": args.stage_b_steps,
         "device": str(model.device),
@@ -87,6 +112,10 @@ def print_tables(report: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo", help="'demo', a local folder or a Hub id")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="instead of --model: a prefill.py preset with random weights and "
+        "random image features (time and memory at real shapes; recall on random weights says little)"
+    )  # fmt: skip
     parser.add_argument("--ranks", type=lambda s: [int(r) for r in s.split(",")], default=[8, 16, 32, 64])
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--stage-b-steps", type=int, default=300)
