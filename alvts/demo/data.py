@@ -13,7 +13,7 @@ from ..tasks import TASK_TYPES, TRAIN_SEED, Example, answer_for, example_seed, m
 from ..tasks.font import GLYPH_GAP, GLYPH_HEIGHT, GLYPH_WIDTH
 from ..tasks.geometry import is_unambiguous, nearest_in_direction
 from ..tasks.scenes import COLOUR_NAMES, GRID
-from ..tasks.vocab import BACKGROUND, COLOURS, COMBOS, DIRECTIONS, POPULAR_TOP_K, POPULARITY, SHAPES, TEXT_COLOUR
+from ..tasks.vocab import BACKGROUND, COLOURS, COMBOS, DIRECTIONS, SHAPES, TEXT_COLOUR
 
 TOKEN_PIXELS = 28  # one merged visual token covers 28 x 28 pixels
 STRIDE = 4
@@ -172,7 +172,6 @@ def _queries(scene: dict, rng: random.Random) -> list[dict]:
         absent = [combo for combo in COMBOS if combo not in present]
         rng.shuffle(present)
         rng.shuffle(absent)
-        absent.sort(key=lambda combo: _negative_rank(combo, present))  # stable: shuffled within each rank
         pairs = [combo for pair in zip(present, absent, strict=False) for combo in pair]
         return [{"colour": c, "shape": s} for c, s in pairs if {"colour": c, "shape": s} != scene["query"]]
     elif task == "relation":
@@ -187,16 +186,6 @@ def _queries(scene: dict, rng: random.Random) -> list[dict]:
         return []  # reading has one question per image
     rng.shuffle(queries)
     return [query for query in queries if query != scene["query"]]
-
-
-def _negative_rank(combo: tuple[str, str], present: Sequence[tuple[str, str]]) -> int:
-    """0 for an adversarial negative (its colour and its shape both present, never together), 1 for a popular one,
-    2 otherwise. Extra existence turns ask the hard negatives first: drawn uniformly, they were ~3% of training
-    questions, and adversarial accuracy lagged the rest (0.66 against 0.94 on random negatives)."""
-    colour, shape = combo
-    if any(c == colour for c, _ in present) and any(s == shape for _, s in present):
-        return 0
-    return 1 if combo in POPULARITY[:POPULAR_TOP_K] else 2
 
 
 def conversation(example: Example, turns: int, rng: random.Random) -> list[tuple[str, str, dict]]:
