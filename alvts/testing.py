@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -175,3 +176,48 @@ def select_sample(batch: dict[str, torch.Tensor], model: PreTrainedModel, b: int
         if "image_sizes" in batch:
             out["image_sizes"] = batch["image_sizes"][first : first + n]
     return out
+
+
+# Ops whose result decides a host-side shape or value: on CUDA each one waits for the device (a host sync).
+_SYNCING_OPS = frozenset(
+    {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "allclose", "unique", "_unique2"}
+)
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """Counts the tensor ops of a region that make the host wait for the device on CUDA (`.item()`, `bool(t)`,
+    `nonzero`, boolean-mask indexing, ...). Runs on any device, so the routing overhead that hurts on a GPU is
+    testable on the CPU: `with HostSyncCounter() as syncs: model(**inputs)`, then `syncs.count`, `syncs.ops`."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+        self._tolist = None
+
+    def __enter__(self):
+        # `tolist()` reads the data directly, without dispatching an op: wrap it to count it too
+        self._tolist, counter = torch.Tensor.tolist, self
+
+        def tolist(tensor):
+            counter.ops.append("tolist")
+            return counter._tolist(tensor)
+
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+    @property
+    def count(self) -> int:
+        return len(self.ops)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        boolean_index = name in ("index", "index_put", "index_put_") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ()
+        )
+        if name in _SYNCING_OPS or boolean_index:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))

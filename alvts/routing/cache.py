@@ -22,6 +22,7 @@ class RoutedCache(DynamicCache):
         super().__init__(config=config)
         self.logical_len = 0
         self.key_positions: dict[int, torch.Tensor] = {}
+        self.padded: set[int] = set()  # layers holding a padding slot: their masks cannot be plain causal
 
     # -- lengths -----------------------------------------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -51,8 +52,15 @@ class RoutedCache(DynamicCache):
         valid = self.key_valid(layer_idx)
         return torch.zeros(0, dtype=torch.long) if valid is None else valid.sum(1)
 
-    def append_positions(self, layer_idx: int, positions: torch.Tensor) -> None:
-        """Record the logical positions of the keys a layer has just stored (called after each routed layer)."""
+    def is_padded(self, layer_idx: int) -> bool:
+        """Whether a stored key of this layer is padding (known on the host: no device sync)."""
+        return layer_idx in self.padded
+
+    def append_positions(self, layer_idx: int, positions: torch.Tensor, padded: bool = True) -> None:
+        """Record the logical positions of the keys a layer has just stored (called after each routed layer);
+        `padded`: whether any of them is a padding slot (-1)."""
+        if padded:
+            self.padded.add(layer_idx)
         past = self.key_positions.get(layer_idx)
         self.key_positions[layer_idx] = positions if past is None else torch.cat([past, positions], dim=1)
         stored = self.physical_length(layer_idx)
@@ -105,3 +113,4 @@ class RoutedCache(DynamicCache):
         super().reset()
         self.logical_len = 0
         self.key_positions.clear()
+        self.padded.clear()

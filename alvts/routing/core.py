@@ -48,7 +48,17 @@ class _Call:
     valid: torch.Tensor  # (batch, seq) bool
     visual: torch.Tensor | None  # (batch, seq) bool, valid visual tokens; None for a text-only call
     cache: RoutedCache | None
+    plans: list[_LayerPlan]
+    budgets: torch.Tensor | None = None  # (layers, batch) visual tokens each sample keeps at each layer
     previous_hidden: torch.Tensor | None = None  # last layer's input, kept only for policies that ask
+
+
+@dataclass(frozen=True)
+class _LayerPlan:
+    """Host-side shape of one layer's routing, known before the layer runs (so layers never wait on the device)."""
+
+    width: int | None  # slots of the gathered sub-sequence; None: every token goes through, nothing is gathered
+    padded: bool  # some slot holds no valid token, so the layer needs a padding mask
 
 
 def top_k_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -62,21 +72,20 @@ def top_k_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) 
     return (ranks < k[:, None]) & candidates
 
 
-def gather_plan(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_plan(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded gather indices for the kept tokens of each row, in original order.
 
-    Returns `idx (batch, n)` (column of each slot; padding slots point at column 0) and `slot_valid (batch, n)`,
-    with n the largest number of kept tokens in a row. Causal-by-slot equals causal-by-position because order is kept.
+    Returns `idx (batch, width)` (the column of each slot) and `slot_valid (batch, width)`; `width` defaults to the
+    largest number of kept tokens in a row (pass it to avoid a host sync). Padding slots point at distinct columns
+    that are not kept, so scattering every slot back (padding slots with their unchanged input) is well defined.
+    Causal-by-slot equals causal-by-position because order is kept.
     """
     counts = keep.sum(1)
-    n = int(counts.max())
-    slot = keep.long().cumsum(1) - 1 + (n - counts)[:, None]
-    rows, cols = keep.nonzero(as_tuple=True)
-    idx = torch.zeros(keep.shape[0], n, dtype=torch.long, device=keep.device)
-    slot_valid = torch.zeros(keep.shape[0], n, dtype=torch.bool, device=keep.device)
-    idx[rows, slot[rows, cols]] = cols
-    slot_valid[rows, slot[rows, cols]] = True
-    return idx, slot_valid
+    width = int(counts.max()) if width is None else width
+    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # kept columns first, each group in order
+    slots = torch.arange(width, device=keep.device)
+    idx = order.gather(1, (slots + counts[:, None]) % width)  # rotate each row right by its padding
+    return idx, slots >= (width - counts)[:, None]
 
 
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -169,8 +178,28 @@ class Router:
             use_cache = self.text_config.use_cache
         cache = self._routed_cache(call.get("past_key_values"), use_cache)
         call["past_key_values"] = cache
-        self._call = _Call(valid=valid, visual=visual, cache=cache)
+        self._call = self._plan(valid, visual, cache)
         return (), call
+
+    def _plan(self, valid: torch.Tensor, visual: torch.Tensor | None, cache: RoutedCache | None) -> _Call:
+        """Every layer's budgets and gather width for this call, read back to the host in one transfer."""
+        seq = valid.shape[1]
+        if visual is None:
+            padded = not bool(valid.all())
+            return _Call(valid, visual, cache, plans=[_LayerPlan(None, padded)] * len(self.layers))
+        n_visual, n_valid = visual.sum(1), valid.sum(1)
+        budgets = torch.stack([self.schedule.budget(i, n_visual) for i in range(len(self.layers))])
+        kept = n_valid - n_visual + budgets  # (layers, batch) tokens through each layer
+        host = torch.cat([kept.flatten(), n_valid]).tolist()
+        rows, n_valid = len(self.layers), host[-valid.shape[0] :]
+        plans = []
+        for i in range(rows):
+            counts = host[i * len(n_valid) : (i + 1) * len(n_valid)]
+            if counts == n_valid:  # every visual token goes through: the stock layer on the whole sequence
+                plans.append(_LayerPlan(None, padded=min(n_valid) < seq))
+            else:
+                plans.append(_LayerPlan(width=max(counts), padded=min(counts) < max(counts)))
+        return _Call(valid, visual, cache, plans=plans, budgets=budgets)
 
     def _routed_cache(self, cache: Any, use_cache: bool) -> RoutedCache | None:
         if isinstance(cache, RoutedCache):
@@ -214,21 +243,25 @@ class Router:
         cos, sin = position_embeddings
         if cos.shape[-2] != seq:
             raise RuntimeError(f"Rotary embeddings cover {cos.shape[-2]} tokens, the layer input {seq}.")
-        keep = self._keep(layer_idx, layer, hidden_states, position_embeddings, call)
-        if self.policy.needs_previous_hidden:
-            call.previous_hidden = hidden_states
-        cache = call.cache
-
-        if bool(keep.all()):
-            idx, slot_valid, sub = None, keep, hidden_states
+        plan = call.plans[layer_idx]
+        if plan.width is None:
+            if call.visual is not None:
+                self.state.selected[layer_idx] = call.visual
+            idx, slot_valid, sub = None, call.valid, hidden_states
         else:
-            idx, slot_valid = gather_plan(keep)
+            keep = self._keep(layer_idx, layer, hidden_states, position_embeddings, call)
+            idx, slot_valid = gather_plan(keep, plan.width)
             sub = _gather(hidden_states, idx)
             position_embeddings = (_gather(cos.expand(batch, -1, -1), idx), _gather(sin.expand(batch, -1, -1), idx))
             position_ids = None  # rotary already carries the true positions; ids with gaps would look "packed"
+        if self.policy.needs_previous_hidden:
+            call.previous_hidden = hidden_states
 
-        past_valid = cache.key_valid(layer_idx) if cache is not None else None
-        mask_2d = slot_valid if past_valid is None else torch.cat([past_valid, slot_valid], dim=1)
+        cache = call.cache
+        mask_2d = None  # no padding anywhere: the stock causal path (sdpa's is_causal)
+        if plan.padded or (cache is not None and cache.is_padded(layer_idx)):
+            past_valid = cache.key_valid(layer_idx) if cache is not None else None
+            mask_2d = slot_valid if past_valid is None else torch.cat([past_valid, slot_valid], dim=1)
         layer_mask = create_causal_mask(
             config=self.text_config,
             inputs_embeds=sub,
@@ -236,6 +269,7 @@ class Router:
             past_key_values=cache,
             position_ids=None,
             layer_idx=layer_idx,
+            allow_is_causal_skip=mask_2d is None,  # a padded mask is never all ones: skip the check (a host sync)
         )
         out = stock_forward(
             sub,
@@ -247,44 +281,37 @@ class Router:
             **kwargs,
         )
         if cache is not None:
-            columns = torch.arange(seq, device=keep.device).expand(batch, -1) if idx is None else idx
-            cache.append_positions(layer_idx, torch.where(slot_valid, cache.logical_len + columns, -1))
+            columns = torch.arange(seq, device=sub.device).expand(batch, -1) if idx is None else idx
+            positions = torch.where(slot_valid, cache.logical_len + columns, -1)
+            cache.append_positions(layer_idx, positions, padded=plan.padded)
         if idx is None:
             return out
-        full = hidden_states.clone()
-        full[keep] = out[slot_valid]
-        return full
+        out = torch.where(slot_valid[..., None], out, sub)  # padding slots put their (skipped) token back unchanged
+        return hidden_states.scatter(1, idx[..., None].expand_as(out), out)
 
     def _keep(self, layer_idx: int, layer: nn.Module, hidden_states: torch.Tensor, position_embeddings, call: _Call):
         """`(batch, seq)` bool: valid text tokens and the visual tokens selected at this layer."""
         visual = call.visual
-        if visual is None:
-            return call.valid
-        n_visual = visual.sum(1)
-        k = self.schedule.budget(layer_idx, n_visual)
-        if self.schedule.is_dense(layer_idx) or bool((k == n_visual).all()):
-            selected = visual
-        else:
-            scores = self.policy.scores(
-                LayerInputs(
-                    layer_idx=layer_idx,
-                    layer=layer,
-                    attention=self.adapter.attention(layer),
-                    norm=self.adapter.input_norm(layer),
-                    hidden_states=hidden_states,
-                    visual=visual,
-                    valid=call.valid,
-                    position_embeddings=position_embeddings,
-                    previous=self.state.selected.get(layer_idx - 1, visual),
-                    previous_hidden=call.previous_hidden,
-                )
+        scores = self.policy.scores(
+            LayerInputs(
+                layer_idx=layer_idx,
+                layer=layer,
+                attention=self.adapter.attention(layer),
+                norm=self.adapter.input_norm(layer),
+                hidden_states=hidden_states,
+                visual=visual,
+                valid=call.valid,
+                position_embeddings=position_embeddings,
+                previous=self.state.selected.get(layer_idx - 1, visual),
+                previous_hidden=call.previous_hidden,
             )
-            if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != tuple(visual.shape):
-                got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-                raise ValueError(
-                    f"Policy {self.policy!r} returned scores of shape {got} at layer {layer_idx}; expected one score "
-                    f"per token, shape (batch, seq) = {tuple(visual.shape)}."
-                )
-            selected = top_k_mask(scores, visual, k)
+        )
+        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != tuple(visual.shape):
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(
+                f"Policy {self.policy!r} returned scores of shape {got} at layer {layer_idx}; expected one score "
+                f"per token, shape (batch, seq) = {tuple(visual.shape)}."
+            )
+        selected = top_k_mask(scores, visual, call.budgets[layer_idx])
         self.state.selected[layer_idx] = selected
         return call.valid & (~visual | selected)

@@ -11,8 +11,11 @@ from alvts.testing import DEFAULT_IMAGES, tiny_inputs, tiny_model
 def test_gather_plan_left_pads_kept_tokens_in_order():
     keep = torch.tensor([[True, False, True, True], [False, False, False, True]])
     idx, slot_valid = gather_plan(keep)
-    assert idx.tolist() == [[0, 2, 3], [0, 0, 3]]
+    assert idx.tolist() == [[0, 2, 3], [0, 1, 3]]  # padding slots: distinct columns that are not kept
     assert slot_valid.tolist() == [[True, True, True], [False, False, True]]
+    idx, slot_valid = gather_plan(keep, width=4)  # wider than needed: every row padded
+    assert idx.tolist() == [[1, 0, 2, 3], [0, 1, 2, 3]]
+    assert slot_valid.tolist() == [[False, True, True, True], [False, False, False, True]]
 
 
 def test_top_k_mask_per_row_budget_candidates_only_ties_to_earlier():
