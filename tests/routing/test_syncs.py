@@ -3,11 +3,10 @@ queue, and per-layer syncs were most of the routing overhead measured on the H10
 
 import pytest
 import torch
+from conftest import batch_for
 
 import alvts
 from alvts.testing import HostSyncCounter
-
-from conftest import batch_for
 
 
 def test_counter_sees_scalar_reads_boolean_indexing_and_tolist():
