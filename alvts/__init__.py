@@ -14,7 +14,7 @@ from .baselines import (
 from .pack import SelectorConfig, SelectorPack
 from .policies import FullPolicy, LayerInputs, OraclePolicy, Policy, RandomPolicy, attention_importance, get_policy
 from .processor import load_processor
-from .routing import KeepSchedule, RoutedCache, supported_model_classes
+from .routing import KeepSchedule, RoutedCache, RoutedStaticCache, supported_model_classes
 from .selector import LowRankSelector
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Policy",
     "RandomPolicy",
     "RoutedCache",
+    "RoutedStaticCache",
     "SelectOncePolicy",
     "SelectorConfig",
     "SelectorPack",

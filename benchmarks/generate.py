@@ -12,13 +12,20 @@ Memory, from one untimed generate() per variant: KV-cache bytes (keys + values o
 CUDA, the peak allocated bytes during the call. At keep K the routed cache should hold what the ideal one holds: the
 text plus k visual tokens per layer.
 
+`--cache static` runs every variant with `cache_implementation="static"` (a `RoutedStaticCache` when routed, each
+layer sized for its own keys); `--compile` also compiles the decoding steps as generate() does for static caches on
+CUDA (`CompileConfig`, forced on for CPU). Compiled runs go variant by variant instead of round-robin, so that
+applying and removing the router does not recompile inside a timed call.
+
     python benchmarks/generate.py --preset cpu-tiny --json /tmp/generate_cpu.json               # CPU, < 1 min
     python benchmarks/generate.py --preset qwen2.5-vl-7b --batch-sizes 1,8 --json generate_qwen.json   # GPU
+    python benchmarks/generate.py --preset llava-1.5-7b --batch-sizes 32 --cache static --compile   # GPU, compiled
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -28,7 +35,7 @@ from typing import Any
 import torch
 import transformers
 from prefill import PRESETS, LowRankScorer, build_config, image_features, kept_tokens, prefill_call
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 
 import alvts
 
@@ -53,10 +60,18 @@ def kv_cache_bytes(cache: Any) -> int:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
-def generate_call(call: dict, new_tokens: int, pad_token_id: int) -> dict:
-    """A prefill.py call turned into generate() kwargs: exactly `new_tokens` greedy tokens."""
+def generate_call(call: dict, new_tokens: int, pad_token_id: int, args: argparse.Namespace) -> dict:
+    """A prefill.py call turned into generate() kwargs: exactly `new_tokens` greedy tokens, with the run's cache."""
     call = {key: value for key, value in call.items() if key not in ("logits_to_keep", "use_cache")}
     call.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_token_id)
+    if args.cache == "static":
+        call["cache_implementation"] = "static"
+    if args.compile:
+        compile_config = CompileConfig()
+        compile_config._compile_all_devices = True  # generate() compiles on CUDA only unless told
+        call["compile_config"] = compile_config
+    else:
+        call["disable_compile"] = True  # a static cache on CUDA would compile by default
     return call
 
 
@@ -76,30 +91,41 @@ def memory(model, call: dict, device: str) -> tuple[int, int | None]:
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    model.__dict__.pop("_previous_max_cache_length", None)  # else a static cache is sized for the longest prompt yet
     out = model.generate(**call, return_dict_in_generate=True)
     peak = torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None
     return kv_cache_bytes(out.past_key_values), peak
 
 
 def bench(model, calls: dict, policy: Any, keep: float, args: argparse.Namespace) -> dict:
-    """Round-robin full / routed / ideal generate(): warmup rounds, then timed rounds; then one memory call each."""
+    """Round-robin full / routed / ideal generate(): warmup rounds, then timed rounds; then one memory call each.
+    Compiled: variant by variant, the router applied once (applying it changes what the compiled code guards on)."""
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else lambda: None
     result: dict[str, dict] = {name: {"ttft_ms": [], "total_ms": []} for name in VARIANTS}
-    for r in range(args.warmup + args.repeats + 1):
+    rounds = args.warmup + args.repeats
+
+    def run(r: int, name: str) -> None:
+        if r == rounds:
+            result[name]["kv_bytes"], result[name]["peak_bytes"] = memory(model, calls[name], args.device)
+            return
+        ttft, total = timed_generate(model, calls[name], sync)
+        if r >= args.warmup:
+            result[name]["ttft_ms"].append(ttft)
+            result[name]["total_ms"].append(total)
+
+    def routing(name: str):
+        return alvts.routed(model, policy, keep=keep) if name == "routed" else contextlib.nullcontext()
+
+    if args.compile:
         for name in VARIANTS:
-            if name == "routed":
-                alvts.apply(model, policy, keep=keep)
-            try:
-                if r < args.warmup + args.repeats:
-                    ttft, total = timed_generate(model, calls[name], sync)
-                    if r >= args.warmup:
-                        result[name]["ttft_ms"].append(ttft)
-                        result[name]["total_ms"].append(total)
-                else:
-                    result[name]["kv_bytes"], result[name]["peak_bytes"] = memory(model, calls[name], args.device)
-            finally:
-                if name == "routed":
-                    alvts.remove(model)
+            with routing(name):
+                for r in range(rounds + 1):
+                    run(r, name)
+    else:
+        for r in range(rounds + 1):
+            for name in VARIANTS:
+                with routing(name):
+                    run(r, name)
     return result
 
 
@@ -145,12 +171,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep", type=float, default=0.11)
     p.add_argument("--batch-sizes", help="comma-separated; default: the preset's")
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic")
+    p.add_argument("--compile", action="store_true", help="compile the decoding steps (needs --cache static)")
     p.add_argument("--text-tokens", type=int, default=64)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = p.parse_args()
+    if args.compile and args.cache != "static":
+        p.error("--compile needs --cache static (generate() compiles only with a static cache)")
     args.preset = args.preset or ("cpu-tiny" if args.device == "cpu" else "qwen2.5-vl-7b")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [*PRESETS[args.preset][4]]
     if args.dtype == "auto":
@@ -172,7 +202,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"cpu ({threads} threads)"
     print(f"preset {args.preset}, device {device}, {dtype}, attn {args.attn}, policy {args.policy}, keep {args.keep}, "
-          f"{args.new_tokens} new tokens, warmup {args.warmup}, repeats {args.repeats}")  # fmt: skip
+          f"{args.new_tokens} new tokens, {args.cache} cache, compile {args.compile}, "
+          f"warmup {args.warmup}, repeats {args.repeats}")  # fmt: skip
     rows = []
     with torch.inference_mode():
         feats = image_features(model, image, args.device, dtype)
@@ -181,7 +212,7 @@ def main() -> None:
         for b in args.batch_sizes:
             full = prefill_call(config, feats, b, args.text_tokens, args.seed, image)
             ideal = prefill_call(config, feats[:k], b, args.text_tokens, args.seed, image)
-            calls = {name: generate_call(call, args.new_tokens, tc.pad_token_id or 0) for name, call in
+            calls = {name: generate_call(call, args.new_tokens, tc.pad_token_id or 0, args) for name, call in
                      (("full", full), ("routed", full), ("ideal", ideal))}  # fmt: skip
             samples = bench(model, calls, policy, args.keep, args)
             row = dict(preset=args.preset, batch=b, visual_tokens=n, k=k, keep=args.keep, new_tokens=args.new_tokens)

@@ -5,8 +5,9 @@ Mechanics (see shared notes, transformers-routing.md): each decoder layer's `for
 (class, parameter names and output-capture hooks stay stock). The replacement gathers the kept tokens, with their
 rotary (cos, sin), into a left-padded sub-sequence in original order, builds that layer's own causal mask against
 its own cache length, calls the stock layer, and scatters the outputs back. A forward pre-hook on the multimodal
-model reads which tokens are visual and valid and swaps in a `RoutedCache`; a hook on the language model advances
-the cache's logical length.
+model reads which tokens are visual and valid, plans every layer's gather width in one host transfer (layers never
+wait on the device), and swaps in a `RoutedCache` or `RoutedStaticCache`; a hook on the language model advances the
+cache's logical length. The decode step of a static cache traces as one graph (torch.compile, fullgraph).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 from transformers.masking_utils import create_causal_mask
 
 from ..policies import LayerInputs, Policy
 from .adapters import FamilyAdapter
 from .budget import KeepSchedule
-from .cache import RoutedCache
+from .cache import RoutedCache, RoutedStaticCache
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
@@ -47,7 +48,7 @@ class _Call:
 
     valid: torch.Tensor  # (batch, seq) bool
     visual: torch.Tensor | None  # (batch, seq) bool, valid visual tokens; None for a text-only call
-    cache: RoutedCache | None
+    cache: RoutedCache | RoutedStaticCache | None
     plans: list[_LayerPlan]
     budgets: torch.Tensor | None = None  # (layers, batch) visual tokens each sample keeps at each layer
     previous_hidden: torch.Tensor | None = None  # last layer's input, kept only for policies that ask
@@ -92,6 +93,10 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def _pass_2d_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+    return attention_mask
+
+
 class Router:
     """Routes visual tokens through the decoder layers of one model. Created and installed by `alvts.apply`."""
 
@@ -105,9 +110,11 @@ class Router:
         self.state = RoutingState()
         self._model = model
         self._call: _Call | None = None
-        self._signature = inspect.signature(self.base.forward)
+        parameters = inspect.signature(self.base.forward).parameters.values()
+        self._positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]  # may come by position
         self._handles: list[Any] = []
         self._saved_forwards: dict[int, Any] = {}
+        self._saved_masks: Any = None
 
     # -- install / uninstall ------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -135,6 +142,10 @@ class Router:
         for i, layer in enumerate(self.layers):
             self._saved_forwards[i] = layer.__dict__.get("forward")  # an instance-level forward (accelerate) or None
             layer.forward = functools.partial(self._layer_forward, i, layer, layer.forward)
+        # generate() turns the 2-D mask into 4-D masks sized for a static cache's layer 0; routed layers build their
+        # own from the 2-D mask, so generate() passes it through
+        self._saved_masks = self._model.__dict__.get("create_masks_for_generate")
+        self._model.create_masks_for_generate = _pass_2d_mask
         self._handles = [
             self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True),
             self.adapter.language_model(self._model).register_forward_hook(self._after_language_model),
@@ -143,22 +154,23 @@ class Router:
     def uninstall(self) -> None:
         for handle in self._handles:
             handle.remove()
-        for i, layer in enumerate(self.layers):
-            if self._saved_forwards[i] is None:
-                del layer.forward
+        for owner, name, saved in [
+            *((layer, "forward", self._saved_forwards[i]) for i, layer in enumerate(self.layers)),
+            (self._model, "create_masks_for_generate", self._saved_masks),
+        ]:
+            if saved is None:
+                delattr(owner, name)
             else:
-                layer.forward = self._saved_forwards[i]
+                setattr(owner, name, saved)
         self._handles, self._saved_forwards, self._call = [], {}, None
 
     # -- hooks --------------------------------------------------------------------------------------------------
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Read visual/valid tokens of this call and make sure its cache is a `RoutedCache`."""
         self._check_attention()
-        bound = self._signature.bind(*args, **kwargs)
-        call = dict(bound.arguments)
-        for name, param in self._signature.parameters.items():
-            if param.kind is inspect.Parameter.VAR_KEYWORD:
-                call.update(call.pop(name, {}))
+        if len(args) > len(self._positional):
+            raise TypeError(f"{type(module).__name__}.forward takes {len(self._positional)} positional arguments.")
+        call = dict(zip(self._positional, args, strict=False), **kwargs)  # not inspect's bind: compile can't trace it
         tokens = call.get("input_ids") if call.get("input_ids") is not None else call.get("inputs_embeds")
         batch, seq = tokens.shape[:2]
         mask = call.get("attention_mask")
@@ -179,13 +191,16 @@ class Router:
         cache = self._routed_cache(call.get("past_key_values"), use_cache)
         call["past_key_values"] = cache
         self._call = self._plan(valid, visual, cache)
+        if isinstance(cache, RoutedStaticCache) and not cache.is_sized:
+            keys = [seq if plan.width is None else plan.width for plan in self._call.plans]
+            cache.size_layers(keys, seq, batch, tokens.device)
         return (), call
 
-    def _plan(self, valid: torch.Tensor, visual: torch.Tensor | None, cache: RoutedCache | None) -> _Call:
+    def _plan(self, valid: torch.Tensor, visual: torch.Tensor | None, cache: Any) -> _Call:
         """Every layer's budgets and gather width for this call, read back to the host in one transfer."""
         seq = valid.shape[1]
-        if visual is None:
-            padded = not bool(valid.all())
+        if visual is None:  # nothing to route; a static cache masks every step anyway, so it needs no check
+            padded = isinstance(cache, RoutedStaticCache) or not bool(valid.all())
             return _Call(valid, visual, cache, plans=[_LayerPlan(None, padded)] * len(self.layers))
         n_visual, n_valid = visual.sum(1), valid.sum(1)
         budgets = torch.stack([self.schedule.budget(i, n_visual) for i in range(len(self.layers))])
@@ -201,23 +216,25 @@ class Router:
                 plans.append(_LayerPlan(width=max(counts), padded=min(counts) < max(counts)))
         return _Call(valid, visual, cache, plans=plans, budgets=budgets)
 
-    def _routed_cache(self, cache: Any, use_cache: bool) -> RoutedCache | None:
-        if isinstance(cache, RoutedCache):
+    def _routed_cache(self, cache: Any, use_cache: bool) -> RoutedCache | RoutedStaticCache | None:
+        if isinstance(cache, (RoutedCache, RoutedStaticCache)):
             return cache
         if cache is None:
             return RoutedCache(config=self.text_config) if use_cache else None
         if type(cache) is DynamicCache and cache.get_seq_length() == 0:
             return RoutedCache(config=self.text_config)
+        if type(cache) is StaticCache and not cache.is_initialized:  # generate(cache_implementation="static")
+            return RoutedStaticCache(config=self.text_config, max_cache_len=cache.layers[0].max_cache_len)
         raise ValueError(
-            f"A routed model needs a RoutedCache (per-layer key counts differ), got a {type(cache).__name__} holding "
-            f"{cache.get_seq_length()} tokens. Pass no cache, or alvts.RoutedCache(config=model.config); static "
-            "caches (cache_implementation='static') are not supported by routing yet."
+            f"A routed model needs a RoutedCache or RoutedStaticCache (per-layer key counts differ), got a "
+            f"{type(cache).__name__} holding {int(cache.get_seq_length())} tokens. Pass no cache, an empty "
+            "DynamicCache or StaticCache, or alvts.RoutedCache(config=model.config)."
         )
 
     def _after_language_model(self, module: nn.Module, args: tuple, output: Any) -> None:
         call, self._call = self._call, None
         if call is not None and call.cache is not None:
-            call.cache.logical_len += call.valid.shape[1]
+            call.cache.advance(call.valid.shape[1])
 
     # -- the routed decoder layer ----------------------------------------------------------------------------------
     def _layer_forward(
@@ -258,10 +275,11 @@ class Router:
             call.previous_hidden = hidden_states
 
         cache = call.cache
-        mask_2d = None  # no padding anywhere: the stock causal path (sdpa's is_causal)
-        if plan.padded or (cache is not None and cache.is_padded(layer_idx)):
-            past_valid = cache.key_valid(layer_idx) if cache is not None else None
-            mask_2d = slot_valid if past_valid is None else torch.cat([past_valid, slot_valid], dim=1)
+        mask_2d = slot_valid if plan.padded else None  # None: nothing padded, the stock causal path (is_causal)
+        if cache is not None:
+            columns = torch.arange(seq, device=sub.device).expand(batch, -1) if idx is None else idx
+            positions = torch.where(slot_valid, cache.logical_len + columns, -1)
+            mask_2d = cache.record_keys(layer_idx, positions, padded=plan.padded)
         layer_mask = create_causal_mask(
             config=self.text_config,
             inputs_embeds=sub,
@@ -280,10 +298,6 @@ class Router:
             position_embeddings=position_embeddings,
             **kwargs,
         )
-        if cache is not None:
-            columns = torch.arange(seq, device=sub.device).expand(batch, -1) if idx is None else idx
-            positions = torch.where(slot_valid, cache.logical_len + columns, -1)
-            cache.append_positions(layer_idx, positions, padded=plan.padded)
         if idx is None:
             return out
         out = torch.where(slot_valid[..., None], out, sub)  # padding slots put their (skipped) token back unchanged
