@@ -23,6 +23,7 @@ class LowRankSelector(Policy):
         check_score(score)
         self.factors, self.score = factors, score
         self.log_temps = log_temps or {i: torch.zeros(()) for i in factors}
+        self._placed: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (layer, device, dtype) -> weight, scale
 
     @property
     def rank(self) -> int:
@@ -35,12 +36,19 @@ class LowRankSelector(Policy):
                 "give that layer keep 1.0 in the schedule."
             )
         x = inputs.normed
-        weight = self.factors[inputs.layer_idx].to(device=x.device, dtype=x.dtype)
+        weight, scale = self._on(inputs.layer_idx, x)
         q, k = (x @ weight).float().split(self.rank, dim=-1)
-        scale = self.log_temps[inputs.layer_idx].to(x.device).float().exp()
         return received_attention_log_scores(
             q[:, None], k[:, None], scale, inputs.visual, inputs.valid, score=self.score
         )
+
+    def _on(self, layer_idx: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's factors in x's dtype and its temperature, moved to x's device once (not at every forward)."""
+        key = (layer_idx, x.device, x.dtype)
+        if key not in self._placed:
+            weight = self.factors[layer_idx].to(device=x.device, dtype=x.dtype)
+            self._placed[key] = weight, self.log_temps[layer_idx].to(x.device).float().exp()
+        return self._placed[key]
 
     def __repr__(self) -> str:
         return f"LowRankSelector(layers={len(self.factors)}, rank={self.rank})"

@@ -93,6 +93,17 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
+# A 4-D mask is "already built" to transformers' mask code; routed layers ignore the stock mask and build their own
+_PREBUILT_MASK = torch.empty(0, 0, 0, 0, dtype=torch.bool)
+
+
+def _skip_stock_mask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The language model would build a (batch, 1, seq, seq) mask for all layers that no routed layer reads."""
+    if kwargs.get("attention_mask") is not None:
+        kwargs["attention_mask"] = _PREBUILT_MASK
+    return args, kwargs
+
+
 def _pass_2d_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
     return attention_mask
 
@@ -146,9 +157,11 @@ class Router:
         # own from the 2-D mask, so generate() passes it through
         self._saved_masks = self._model.__dict__.get("create_masks_for_generate")
         self._model.create_masks_for_generate = _pass_2d_mask
+        language_model = self.adapter.language_model(self._model)
         self._handles = [
             self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True),
-            self.adapter.language_model(self._model).register_forward_hook(self._after_language_model),
+            language_model.register_forward_pre_hook(_skip_stock_mask, with_kwargs=True),
+            language_model.register_forward_hook(self._after_language_model),
         ]
 
     def uninstall(self) -> None:
