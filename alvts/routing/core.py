@@ -52,6 +52,7 @@ class _Call:
     plans: list[_LayerPlan]
     budgets: torch.Tensor | None = None  # (layers, batch) visual tokens each sample keeps at each layer
     previous_hidden: torch.Tensor | None = None  # last layer's input, kept only for policies that ask
+    positions: torch.Tensor | None = None  # logical positions of the call's tokens (-1: padding), shared by layers
 
 
 @dataclass(frozen=True)
@@ -289,19 +290,22 @@ class Router:
 
         cache = call.cache
         mask_2d = slot_valid if plan.padded else None  # None: nothing padded, the stock causal path (is_causal)
+        past = 0
         if cache is not None:
-            columns = torch.arange(seq, device=sub.device).expand(batch, -1) if idx is None else idx
-            positions = torch.where(slot_valid, cache.logical_len + columns, -1)
-            mask_2d = cache.record_keys(layer_idx, positions, padded=plan.padded)
-        layer_mask = create_causal_mask(
-            config=self.text_config,
-            inputs_embeds=sub,
-            attention_mask=mask_2d,
-            past_key_values=cache,
-            position_ids=None,
-            layer_idx=layer_idx,
-            allow_is_causal_skip=mask_2d is None,  # a padded mask is never all ones: skip the check (a host sync)
-        )
+            past = cache.get_query_offset(layer_idx)
+            mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid), padded=plan.padded)
+        if mask_2d is None and self.text_config._attn_implementation == "sdpa" and (sub.shape[1] == 1 or not past):
+            layer_mask = None  # what create_causal_mask returns here (is_causal), without its per-layer Python cost
+        else:
+            layer_mask = create_causal_mask(
+                config=self.text_config,
+                inputs_embeds=sub,
+                attention_mask=mask_2d,
+                past_key_values=cache,
+                position_ids=None,
+                layer_idx=layer_idx,
+                allow_is_causal_skip=mask_2d is None,  # a padded mask is never all ones: skip that check (a sync)
+            )
         out = stock_forward(
             sub,
             attention_mask=layer_mask,
@@ -315,6 +319,16 @@ class Router:
             return out
         out = torch.where(slot_valid[..., None], out, sub)  # padding slots put their (skipped) token back unchanged
         return hidden_states.scatter(1, idx[..., None].expand_as(out), out)
+
+    @staticmethod
+    def _positions(call: _Call, idx: torch.Tensor | None, slot_valid: torch.Tensor) -> torch.Tensor:
+        """Logical positions of the keys a layer stores (-1: padding slots); one tensor for all ungathered layers."""
+        if idx is not None:
+            return torch.where(slot_valid, call.cache.logical_len + idx, -1)
+        if call.positions is None:
+            columns = torch.arange(call.valid.shape[1], device=call.valid.device)
+            call.positions = torch.where(call.valid, call.cache.logical_len + columns, -1)
+        return call.positions
 
     def _keep(self, layer_idx: int, layer: nn.Module, hidden_states: torch.Tensor, position_embeddings, call: _Call):
         """`(batch, seq)` bool: valid text tokens and the visual tokens selected at this layer."""
