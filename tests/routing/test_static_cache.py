@@ -75,3 +75,18 @@ def test_a_filled_or_too_short_static_cache_is_refused(sdpa_model):
             sdpa_model(**batch, past_key_values=stock)
         with pytest.raises(ValueError, match="raise max_cache_len"):
             sdpa_model(**batch, past_key_values=RoutedStaticCache(sdpa_model.config, max_cache_len=4))
+
+
+def test_a_reset_cache_is_sized_again_for_the_next_prompt(sdpa_model):
+    batch, schedule = batch_for(sdpa_model, 2), [1.0, 0.5, 0.25, 0.1]
+    cache = RoutedStaticCache(sdpa_model.config.get_text_config(), max_cache_len=batch["input_ids"].shape[1] + NEW - 1)
+    with alvts.routed(sdpa_model, "oracle", keep=0.25):
+        _generate(sdpa_model, batch, past_key_values=cache)
+    cache.reset()
+    with alvts.routed(sdpa_model, "oracle", keep=schedule):
+        reused = _generate(sdpa_model, batch, past_key_values=cache)
+        fresh = _generate(sdpa_model, batch, cache_implementation="static")
+    assert torch.equal(reused.sequences, fresh.sequences)
+    assert [layer.max_cache_len for layer in cache.layers] == [
+        layer.max_cache_len for layer in fresh.past_key_values.layers
+    ]
