@@ -165,21 +165,19 @@ def received_attention_log_scores(
     -inf at non-visual positions; means are clamped at 1e-30 before the log (S is O(1/N^2)).
     """
     b, seq = visual.shape
-    text = valid & ~visual
+    queries = torch.stack([visual, valid & ~visual], dim=1)  # (b, 2, seq): visual queries, text queries
     key_ok = valid[:, None, None, :]
     positions = torch.arange(seq, device=q.device)
-    v2v = torch.zeros(b, seq, dtype=torch.float32, device=q.device)
-    t2v = torch.zeros_like(v2v)
+    received = torch.zeros(b, 2, seq, dtype=torch.float32, device=q.device)
     for start in range(0, seq, chunk_size):
         stop = min(start + chunk_size, seq)
         logits = (q[:, :, start:stop] @ k.transpose(-1, -2)) * scale  # (b, heads, chunk, seq)
-        causal = positions[None, :] <= positions[start:stop, None]
-        logits = logits.masked_fill(~(causal & key_ok), float("-inf"))
-        probs = torch.softmax(logits, dim=-1).mean(1).nan_to_num(0.0)  # padding query rows have no key
-        v2v = v2v + (probs * visual[:, start:stop, None]).sum(1)
-        t2v = t2v + (probs * text[:, start:stop, None]).sum(1)
-    v2v = v2v / visual.sum(1, keepdim=True).clamp(min=1)
-    t2v = t2v / text.sum(1, keepdim=True).clamp(min=1)
+        allowed = (positions[None, :] <= positions[start:stop, None]) & key_ok
+        # a finite fill: padding query rows (no key at all) come out uniform instead of NaN, and get weight 0 below
+        probs = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min).softmax(-1)
+        probs = probs[:, 0] if probs.shape[1] == 1 else probs.mean(1)  # (b, chunk, seq)
+        received += (queries[:, :, start:stop].to(probs.dtype) @ probs).float()  # one pass: both query groups
+    v2v, t2v = (received / queries.sum(-1, keepdim=True).clamp(min=1)).unbind(1)
     log_s = t2v.clamp(min=1e-30).log()
     if score == "v2v*t2v":
         log_s = log_s + v2v.clamp(min=1e-30).log()
