@@ -81,3 +81,26 @@ def test_routed_forward_equals_stock_layers_on_the_selected_tokens(family):
             h[:, idx] = sub
         logits = model.lm_head(lm.norm(h))
     assert torch.allclose(logits, out.logits, atol=1e-5, rtol=0)
+
+
+def test_routed_layers_build_the_only_masks(family, monkeypatch):
+    """The language model's whole-sequence mask is skipped: with eager attention (which always builds one), a routed
+    forward builds one mask per layer, where the stock model builds one for all layers."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    built = []
+    eager_mask = ALL_MASK_ATTENTION_FUNCTIONS["eager"]
+    monkeypatch.setitem(
+        ALL_MASK_ATTENTION_FUNCTIONS._global_mapping,
+        "eager",
+        lambda **kw: built.append(kw["kv_length"]) or eager_mask(**kw),
+    )
+    model = tiny_model(family, "eager")
+    inputs = tiny_inputs(model, [[image] for image in DEFAULT_IMAGES[family]])
+    with torch.no_grad():
+        model(**inputs)
+        stock, built[:] = list(built), []
+        with alvts.routed(model, "random", keep=0.25):
+            model(**inputs)
+    assert len(stock) == 1
+    assert len(built) == 4 and max(built) < stock[0]  # each sized to its own layer's keys
