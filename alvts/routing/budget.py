@@ -53,10 +53,15 @@ class KeepSchedule:
 
     def budget(self, layer_idx: int, n_visual: torch.Tensor) -> torch.Tensor:
         """`(batch,)` visual tokens kept by each sample at one layer, given its `(batch,)` visual token counts."""
+        return self.budgets(n_visual)[layer_idx]
+
+    def budgets(self, n_visual: torch.Tensor) -> torch.Tensor:
+        """`(layers, batch)` visual tokens kept by each sample at every layer, in one pass over the schedule."""
         if self.ratios is not None:
-            k = torch.floor(n_visual.double() * self.ratios[layer_idx] + _FLOOR_EPS).long().clamp(min=1)
+            ratios = torch.tensor(self.ratios, dtype=torch.float64, device=n_visual.device)[:, None]
+            k = torch.floor(n_visual.double() * ratios + _FLOOR_EPS).long().clamp(min=1)
         else:
-            k = torch.full_like(n_visual, self.counts[layer_idx])
+            k = torch.tensor(self.counts, device=n_visual.device)[:, None].expand(-1, len(n_visual))
         return torch.minimum(k, n_visual)
 
 

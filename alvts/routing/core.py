@@ -180,7 +180,7 @@ class Router:
 
     # -- hooks --------------------------------------------------------------------------------------------------
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """Read visual/valid tokens of this call and make sure its cache is a `RoutedCache`."""
+        """Read visual/valid tokens of this call, plan its layers and make sure its cache is a routed one."""
         self._check_attention()
         if len(args) > len(self._positional):
             raise TypeError(f"{type(module).__name__}.forward takes {len(self._positional)} positional arguments.")
@@ -217,15 +217,13 @@ class Router:
             padded = isinstance(cache, RoutedStaticCache) or not bool(valid.all())
             return _Call(valid, visual, cache, plans=[_LayerPlan(None, padded)] * len(self.layers))
         n_visual, n_valid = visual.sum(1), valid.sum(1)
-        budgets = torch.stack([self.schedule.budget(i, n_visual) for i in range(len(self.layers))])
+        budgets = self.schedule.budgets(n_visual)
         kept = n_valid - n_visual + budgets  # (layers, batch) tokens through each layer
-        host = torch.cat([kept.flatten(), n_valid]).tolist()
-        rows, n_valid = len(self.layers), host[-valid.shape[0] :]
+        *kept_rows, valid_row = torch.cat([kept, n_valid[None]]).tolist()  # the call's one host transfer
         plans = []
-        for i in range(rows):
-            counts = host[i * len(n_valid) : (i + 1) * len(n_valid)]
-            if counts == n_valid:  # every visual token goes through: the stock layer on the whole sequence
-                plans.append(_LayerPlan(None, padded=min(n_valid) < seq))
+        for counts in kept_rows:
+            if counts == valid_row:  # every visual token goes through: the stock layer on the whole sequence
+                plans.append(_LayerPlan(None, padded=min(valid_row) < seq))
             else:
                 plans.append(_LayerPlan(width=max(counts), padded=min(counts) < max(counts)))
         return _Call(valid, visual, cache, plans=plans, budgets=budgets)
@@ -290,11 +288,15 @@ class Router:
 
         cache = call.cache
         mask_2d = slot_valid if plan.padded else None  # None: nothing padded, the stock causal path (is_causal)
-        past = 0
         if cache is not None:
-            past = cache.get_query_offset(layer_idx)
             mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid), padded=plan.padded)
-        if mask_2d is None and self.text_config._attn_implementation == "sdpa" and (sub.shape[1] == 1 or not past):
+        if (
+            mask_2d is None
+            and self.text_config._attn_implementation == "sdpa"
+            and (
+                sub.shape[1] == 1 or cache is None or cache.get_query_offset(layer_idx) == 0  # no past keys yet
+            )
+        ):
             layer_mask = None  # what create_causal_mask returns here (is_causal), without its per-layer Python cost
         else:
             layer_mask = create_causal_mask(
