@@ -281,7 +281,7 @@ def train(args: argparse.Namespace) -> None:
                 "loss_by_task": {t: sum(v) / len(v) for t, v in by_task.items() if v},
                 **dict(zip(("token_loss", "field_loss", "attention_loss"), guide_means, strict=True)),
             }
-            if (step + 1) % (args.log_every * args.probe_every) == 0 or step + 1 == args.steps:
+            if step + 1 == args.steps or args.probe_every and (step + 1) % (args.log_every * args.probe_every) == 0:
                 model.eval()
                 hits = exact_match(model, probe).tolist()
                 save(model, processor, out)  # a usable checkpoint at every probe
@@ -339,7 +339,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--probe-every", type=int, default=4, help="probe accuracy every this many log lines")
+    parser.add_argument(
+        "--probe-every",
+        type=int,
+        default=4,
+        help="probe accuracy every this many log lines (0: at the end only)",
+    )
     parser.add_argument("--probe-per-task", type=int, default=20)
     train(parser.parse_args(argv))
 
