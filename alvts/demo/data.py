@@ -46,11 +46,11 @@ def token_targets(example: Example) -> torch.Tensor:
 
     centre, ordinal = torch.zeros(rows * cols, dtype=torch.long), torch.zeros(rows * cols, dtype=torch.long)
     for obj in example.scene["objects"]:
-        centre[_centre_token(obj["centre"], width)] = 1 + SHAPES.index(obj["shape"])
+        centre[centre_token(obj["centre"], width)] = 1 + SHAPES.index(obj["shape"])
     if "text" in example.scene:
         digits = zip(example.scene["text"]["value"], _digit_centres(example.scene), strict=True)
         for index, (char, point) in enumerate(digits):
-            at = _centre_token(point, width)
+            at = centre_token(point, width)
             centre[at], ordinal[at] = 1 + len(SHAPES) + int(char), index + 1
     row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     own = torch.stack([colour.flatten(), centre, row.flatten(), col.flatten(), ordinal], -1)
@@ -71,7 +71,7 @@ def _neighbours(scene: dict, size: int) -> torch.Tensor:
         for dx, dy in DIRECTIONS.values():
             other = at.get((row + dy, col + dx))
             classes += [0, 0] if other is None else NEIGHBOUR_CLASSES[other["colour"], other["shape"]]
-        targets[_centre_token(obj["centre"], size)] = torch.tensor(classes)
+        targets[centre_token(obj["centre"], size)] = torch.tensor(classes)
     return targets
 
 
@@ -95,7 +95,7 @@ FIELDS: dict[str, int] = {
 GUIDES = ("fields", "first_attention", "second_attention")  # answer_guides' outputs, as TrainingStream names them
 
 
-def _centre_token(point: Sequence[float], size: int) -> int:
+def centre_token(point: Sequence[float], size: int) -> int:
     """Raster index of the merged visual token that holds a relative (x, y) point."""
     side = size // TOKEN_PIXELS
     x, y = (min(int(v * size) // TOKEN_PIXELS, side - 1) for v in point)
@@ -121,10 +121,10 @@ def answer_guides(scene: dict, size: int) -> tuple[torch.Tensor, torch.Tensor, t
     task, objects, query = scene["task"], scene["objects"], scene.get("query", {})
     fields = dict.fromkeys(FIELDS, -100) | {"task": TASK_TYPES.index(task)}
     empty = torch.zeros(1 + (size // TOKEN_PIXELS) ** 2)
-    centres = [_centre_token(obj["centre"], size) for obj in objects]
+    centres = [centre_token(obj["centre"], size) for obj in objects]
     if task == "reading":
         rows = [
-            (fields | {"part": i}, _attend([_centre_token(point, size)], size), empty)
+            (fields | {"part": i}, _attend([centre_token(point, size)], size), empty)
             for i, point in enumerate(_digit_centres(scene))
         ]
     elif task == "lookup":

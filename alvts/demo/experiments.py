@@ -1,7 +1,9 @@
 """Does the demo model use its visual tokens? Accuracy per task at full tokens, with blank images, and at keep ratio
 `keep` per layer through the runtime: random tokens, the oracle's top-k, and a fitted selector pack if given.
+With --attention, instead: where the answer position of counting and existence questions looks (attention_shares).
 
     python -m alvts.demo.experiments --num-per-task 100 [--pack selectors/demo] [--json OUT]
+    python -m alvts.demo.experiments --attention --num-per-task 100
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from transformers import AutoModelForImageTextToText
 
 from .. import RandomPolicy, SelectorPack, routed
 from ..evaluate import accuracy_by_task, generate_answers
+from ..inputs import encode_example
 from ..processor import load_processor
 from ..tasks import EVAL_SEED, TASK_TYPES
 from ..tasks.vocab import BACKGROUND
 from . import DEMO_MODEL_PATH
-from .data import held_out
+from .data import centre_token, held_out
 
 
 def run(
@@ -51,6 +54,48 @@ def run(
     return table
 
 
+@torch.no_grad()
+def attention_shares(model_path: str, num_per_task: int, seed: int, layer: int = 2) -> dict[str, dict[str, float]]:
+    """Counting and existence, grouped by true count or by query kind (positive, or the negative's POPE mode): mean
+    accuracy of the first answer token and how the guided heads (the first half) of `layer`, the first layer training
+    teaches where to look, split the answer position's attention between the sink ("nothing here"), the asked-for
+    objects and the objects that match in part (existence: colour or shape) or not at all (counting: other colours).
+    Training's target is the sink alone for an absent object and 1 / (n + 1) of it for a count of n."""
+    model = AutoModelForImageTextToText.from_pretrained(model_path, attn_implementation="eager").eval()
+    processor, config = load_processor(model_path), model.config
+    heads = config.text_config.num_attention_heads // 2
+    groups: dict[str, list[list[float]]] = {}
+    for example in held_out(num_per_task, seed, ("counting", "existence")):
+        inputs = encode_example(processor, example.image, example.question)
+        out = model(**inputs, output_attentions=True)
+        ids, attention = inputs["input_ids"][0], out.attentions[layer][0, :heads, -1].mean(0)
+        visual, objects, query = (
+            attention[ids == config.image_token_id],
+            example.scene["objects"],
+            example.scene["query"],
+        )
+        full = 1 if example.task == "counting" else 2  # attributes a counted or an existing object shares with query
+        shares = torch.zeros(full + 1)
+        for obj in objects:
+            matched = (obj["colour"] == query["colour"]) + (obj["shape"] == query.get("shape"))
+            shares[matched] += visual[centre_token(obj["centre"], example.image.size[0])]
+        answer = processor.tokenizer.decode(out.logits[0, -1].argmax()).strip()
+        case = example.answer if example.task == "counting" else example.scene["negative_mode"] or "positive"
+        sink = attention[ids == config.vision_start_token_id].item()
+        groups.setdefault(f"{example.task} {case}", []).append(
+            [float(answer == example.answer), sink, shares[full].item(), shares[full - 1].item()]
+        )
+    table = {}
+    for key, rows in sorted(groups.items()):
+        accuracy, sink, asked, partial = torch.tensor(rows).T
+        table[key] = {
+            "n": len(rows), "accuracy": accuracy.mean().item(), "sink": sink.mean().item(),
+            "sink sd": sink.std().item() if len(rows) > 1 else 0.0, "asked-for": asked.mean().item(),
+            "partial / other": partial.mean().item(),
+        }  # fmt: skip
+    return table
+
+
 def print_table(table: dict[str, dict[str, float]], num_per_task: int) -> None:
     columns = (*TASK_TYPES, "mean")
     print(f"{'condition':<22}" + "".join(f"{c:>11}" for c in columns) + f"   (n={num_per_task} per task)")
@@ -67,8 +112,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--pack", help="a selector pack (folder or Hub id) to score as well")
     parser.add_argument("--json", help="also write the table here")
+    parser.add_argument("--attention", action="store_true", help="where counting and existence answers look, instead")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    if args.attention:
+        shares = attention_shares(args.model, args.num_per_task, args.seed)
+        print(f"{'group':<24}{'n':>5}" + "".join(f"{name:>17}" for name in next(iter(shares.values())) if name != "n"))
+        for group, row in shares.items():
+            print(f"{group:<24}{row['n']:>5}" + "".join(f"{v:>17.3f}" for k, v in row.items() if k != "n"))
+        if args.json:
+            Path(args.json).write_text(json.dumps(shares, indent=2) + "\n")
+        return
     table = run(args.model, args.num_per_task, args.keep, args.seed, args.batch_size, args.pack)
     print_table(table, args.num_per_task)
     if args.json:

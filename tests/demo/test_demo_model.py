@@ -14,6 +14,7 @@ from transformers.utils import is_torchvision_available
 from alvts.demo import DEMO_MODEL_PATH, TASKS_AT_BAR, is_built, resolve_model
 from alvts.demo.build import build_config, build_processor, build_tokenizer
 from alvts.demo.data import held_out
+from alvts.demo.experiments import attention_shares
 from alvts.evaluate import accuracy_by_task, generate_answers
 from alvts.processor import ImageOnlyQwen2_5_VLProcessor, load_processor
 from alvts.tasks import EVAL_SEED
@@ -115,3 +116,23 @@ def test_auto_processor_or_the_image_only_fallback(saved):
         with pytest.raises(ImportError, match="Torchvision"):
             AutoProcessor.from_pretrained(saved)
         assert isinstance(load_processor(saved), ImageOnlyQwen2_5_VLProcessor)
+
+
+@needs_model
+def test_attention_shares_split_the_answer_attention_and_agree_with_greedy_answers(demo):
+    """The diagnosis of `python -m alvts.demo.experiments --attention`: its first-token accuracy is generate()'s on
+    the same questions, and the sink, asked-for and partial shares are parts of one attention row."""
+    model, processor = demo
+    shares = attention_shares(str(DEMO_MODEL_PATH), 6, EVAL_SEED)
+    examples = held_out(6, EVAL_SEED, ("counting", "existence"))
+    answers = generate_answers(model, processor, [e.image for e in examples], [e.question for e in examples])
+    greedy = accuracy_by_task([e.task for e in examples], [e.answer for e in examples], answers)
+    for task in ("counting", "existence"):
+        rows = [row for group, row in shares.items() if group.startswith(task)]
+        assert sum(row["n"] for row in rows) == 6
+        assert sum(row["accuracy"] * row["n"] for row in rows) / 6 == pytest.approx(greedy[task])
+    for row in shares.values():
+        parts = (row["sink"], row["asked-for"], row["partial / other"])
+        assert all(0 <= part <= 1 for part in parts) and sum(parts) <= 1 + 1e-5
+    negatives = [row for group, row in shares.items() if group.startswith("existence") and "positive" not in group]
+    assert negatives and all(row["asked-for"] == 0 for row in negatives)
