@@ -51,6 +51,25 @@ def test_static_decoding_equals_dynamic_and_layers_hold_their_own_keys(model, ke
         assert torch.equal(cache.valid_key_counts(i), dynamic.past_key_values.valid_key_counts(i))
 
 
+@pytest.mark.parametrize(
+    "mode", [dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, top_k=0, num_return_sequences=2)]
+)
+def test_beam_search_and_sampling_on_a_static_cache_equal_the_dynamic_one(model, mode):
+    """Beams reorder and sampling expands the cache's batch: per-layer buffers follow (stock at keep 1.0)."""
+    batch = batch_for(model, 2)
+
+    def sequences(**kwargs):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return model.generate(**batch, max_new_tokens=NEW, min_new_tokens=NEW, **mode, **kwargs)
+
+    stock = sequences(cache_implementation="static")
+    with alvts.routed(model, "full", keep=1.0):
+        assert torch.equal(sequences(cache_implementation="static"), stock)
+    with alvts.routed(model, "oracle", keep=0.25):
+        assert torch.equal(sequences(cache_implementation="static"), sequences())
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
 def test_compiled_static_decoding_is_one_graph_and_equals_eager(family):
     from alvts.testing import tiny_model
