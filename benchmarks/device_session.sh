@@ -2,9 +2,12 @@
 # One prepared device call for the GPU-performance issue: CUDA tests, then the benchmark tables, JSON under $OUT.
 # Not yet run on a device (written in a session without one): check the first stage's output before the rest.
 #
-# The device image has torch 2.11 and transformers 5.17 but no datasets; alvts needs transformers 5.23. Before the
-# call, on this machine (the folder is git-ignored; carry it):
-#   pip download --no-deps -d .whl transformers==5.23.0 datasets tokenizers==0.23.3 dill multiprocess regex
+# The device image (Python 3.12) has torch 2.11 and transformers 5.17 but no datasets, dill or multiprocess; alvts
+# needs transformers 5.23. Before the call, on this machine (the folder is git-ignored; carry it), for Python 3.12
+# whatever Python runs here (multiprocess has a wheel per Python version; the other needs are in the image):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl transformers==5.23.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
 # then call the device tool's run with carry [".whl"] and, e.g.,
 #   bash benchmarks/device_session.sh tests prefill        (stages: tests prefill generate compiled calibration)
 # Every stage prints its table last; what each stage costs on an H100 is a guess (7B random-weight builds ~30 s each).
@@ -12,7 +15,8 @@ set -uo pipefail
 OUT="${OUT:-/tmp/alvts-device}"
 mkdir -p "$OUT"
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-deps --no-index --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())"
