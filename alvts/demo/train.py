@@ -245,16 +245,32 @@ def train(args: argparse.Namespace) -> None:
         progress = max(0, step - (args.steps - decay)) / max(1, decay)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    log, window = [], []
-    started = time.perf_counter()
-    for step, items in enumerate(loader):
-        if step >= args.steps:
-            break
+    def unpack(items: list[dict]) -> tuple[list[str], torch.Tensor, dict, dict, torch.Tensor]:
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items]).to(device)
         guides = {name: torch.cat([item.pop(name) for item in items]).to(device) for name in GUIDES}
         batch = {key: value.to(device, non_blocking=True) for key, value in collate(items, pad_id).items()}
-        labels = batch.pop("labels")
+        return tasks, targets, guides, batch, batch.pop("labels")
+
+    started, batches = time.perf_counter(), iter(loader)
+    if args.head_warmup:  # a later stage's training heads are new: their first gradients would wreck the model
+        model.requires_grad_(False)
+        head_optimizer = torch.optim.AdamW([p for head in heads for p in head.parameters()], lr=3e-3)
+        for index, items in zip(range(args.head_warmup), batches, strict=False):
+            _, targets, guides, batch, labels = unpack(items)
+            model(**batch)
+            head_loss = dense_loss(targets, batch["input_ids"] == config.image_token_id)
+            head_loss = head_loss + guide_losses(guides, batch, labels)[0]
+            head_optimizer.zero_grad(set_to_none=True)
+            head_loss.backward()
+            head_optimizer.step()
+            if (index + 1) % args.log_every == 0:
+                print(json.dumps({"head_warmup": index + 1, "head_loss": head_loss.item()}), flush=True)
+        model.requires_grad_(True)
+
+    log, window = [], []
+    for step, items in zip(range(args.steps), batches, strict=False):
+        tasks, targets, guides, batch, labels = unpack(items)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
@@ -303,7 +319,7 @@ def train(args: argparse.Namespace) -> None:
         else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads)",
         "torch": torch.__version__,
         "train_seconds": round(elapsed, 1),
-        "examples_seen": args.steps * args.batch_size,
+        "examples_seen": (args.head_warmup + args.steps) * args.batch_size,
         "log": log,
     }
     (out / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
@@ -324,6 +340,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-from", help="start from this checkpoint's weights (a second training stage)")
     parser.add_argument("--start-example", type=int, default=0, help="first training-stream index (after a stage)")
+    parser.add_argument(
+        "--head-warmup",
+        type=int,
+        default=0,
+        help="with --init-from: first fit the new training-only heads alone, the model frozen, for this many batches",
+    )
     parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TRAINING_MIX)
     parser.add_argument("--turns", type=int, default=6, help="questions per training image (answers all scored)")
     parser.add_argument("--guide-loss-weight", type=float, default=1.0, help="weight of the training-only losses")
