@@ -69,14 +69,10 @@ def attention_shares(model_path: str, num_per_task: int, seed: int, layer: int =
         inputs = encode_example(processor, example.image, example.question)
         out = model(**inputs, output_attentions=True)
         ids, attention = inputs["input_ids"][0], out.attentions[layer][0, :heads, -1].mean(0)
-        visual, objects, query = (
-            attention[ids == config.image_token_id],
-            example.scene["objects"],
-            example.scene["query"],
-        )
+        visual, query = attention[ids == config.image_token_id], example.scene["query"]
         full = 1 if example.task == "counting" else 2  # attributes a counted or an existing object shares with query
         shares = torch.zeros(full + 1)
-        for obj in objects:
+        for obj in example.scene["objects"]:
             matched = (obj["colour"] == query["colour"]) + (obj["shape"] == query.get("shape"))
             shares[matched] += visual[centre_token(obj["centre"], example.image.size[0])]
         answer = processor.tokenizer.decode(out.logits[0, -1].argmax()).strip()

@@ -29,7 +29,8 @@ def _syncs(call, **inputs) -> int:
 @pytest.mark.parametrize("policy", ["full", "random", "oracle", "fastv", "selector"])
 def test_routing_adds_one_sync_per_forward_whatever_the_layer_count(sdpa_model, policy):
     if policy == "selector":  # a fitted selector's shape: rank-8 factors for every layer of the tiny decoder
-        policy = alvts.LowRankSelector({i: torch.randn(64, 16) for i in range(4)})
+        text = sdpa_model.config.get_text_config()
+        policy = alvts.LowRankSelector({i: torch.randn(text.hidden_size, 2 * 8) for i in range(text.num_hidden_layers)})
     inputs = batch_for(sdpa_model, batch_size=2)  # left padding: every layer needs a padding mask
     new = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
     stock, stock_generate = _syncs(sdpa_model, **inputs), _syncs(sdpa_model.generate, **inputs, **new)
