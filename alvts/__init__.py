@@ -1,49 +1,41 @@
-"""alvts: adaptive layer-wise visual token selection for vision-language models in transformers."""
+"""alvts: adaptive layer-wise visual token selection for vision-language models in transformers.
 
-from . import demo
+Layers, each importing only from those below it: `routing` (the router, caches, budgets, the policy contract and the
+family adapters), `policies`, `packs`, `api` (apply / remove), `calibration`, `evaluation`, `integrations`, then the
+demo workbench (`alvts.demo`) and the command lines (`alvts.cli`). Attributes load on first use, so `import alvts`
+is cheap and does not import the demo.
+"""
+
+from ._lazy import lazy_attributes
 from ._version import __version__
-from .api import apply, get_router, remove, routed, routing_state
-from .baselines import (
-    DenseEarlyRandomPolicy,
-    DivPrunePolicy,
-    FastVPolicy,
-    PyramidDropPolicy,
-    SelectOncePolicy,
-    V2DropPolicy,
-)
-from .pack import SelectorConfig, SelectorPack
-from .policies import FullPolicy, LayerInputs, OraclePolicy, Policy, RandomPolicy, attention_importance, get_policy
-from .processor import load_processor
-from .routing import KeepSchedule, RoutedCache, RoutedStaticCache, supported_model_classes
-from .selector import LowRankSelector
 
-__all__ = [
-    "DenseEarlyRandomPolicy",
-    "DivPrunePolicy",
-    "FastVPolicy",
-    "PyramidDropPolicy",
-    "V2DropPolicy",
-    "FullPolicy",
-    "KeepSchedule",
-    "LayerInputs",
-    "LowRankSelector",
-    "OraclePolicy",
-    "Policy",
-    "RandomPolicy",
-    "RoutedCache",
-    "RoutedStaticCache",
-    "SelectOncePolicy",
-    "SelectorConfig",
-    "SelectorPack",
-    "__version__",
-    "apply",
-    "attention_importance",
-    "demo",
-    "load_processor",
-    "get_policy",
-    "get_router",
-    "remove",
-    "routed",
-    "routing_state",
-    "supported_model_classes",
-]
+_WHERE = {
+    **dict.fromkeys(["apply", "remove", "routed", "routing_state", "get_router", "resolve_policy"], ".api"),
+    **dict.fromkeys(
+        [
+            "DenseEarlyRandomPolicy",
+            "DivPrunePolicy",
+            "FastVPolicy",
+            "FullPolicy",
+            "LowRankSelector",
+            "OraclePolicy",
+            "PyramidDropPolicy",
+            "RandomPolicy",
+            "SelectOncePolicy",
+            "V2DropPolicy",
+            "get_policy",
+            "register_policy",
+        ],
+        ".policies",
+    ),
+    "attention_importance": ".policies.importance",
+    **dict.fromkeys(["SelectorConfig", "SelectorPack"], ".packs"),
+    **dict.fromkeys(
+        ["KeepSchedule", "LayerInputs", "Policy", "RoutedCache", "RoutedStaticCache", "supported_model_classes"],
+        ".routing",
+    ),
+    "register_adapter": ".routing.adapters",
+    "load_processor": ".evaluation.processor",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+__all__ = ["__version__", *_WHERE]

@@ -1,6 +1,6 @@
 """Calibration cost and selector quality by rank: time, peak memory and held-out recall@k per layer.
 
-For each rank, `alvts.calibration.calibrate` fits every decoder layer of the model on the same samples (Stage A, then
+For each rank, `alvts.calibration.pipeline` fits every decoder layer of the model on the same samples (Stage A, then
 Stage B) and the pack's own held-out metrics are reported: recall@k at keep 1/3, 2/9, 1/9 of the visual tokens
 (the fraction of the oracle's top-k the selector also picks), for Stage A alone (A) and after Stage B (AB).
 Time is wall-clock for the whole `calibrate` call (layer inputs captured once per call). Peak memory: CUDA
@@ -24,10 +24,10 @@ import torch
 from prefill import PRESETS, build_config, image_features, prefill_call
 
 from alvts.calibration import CalibrationConfig, calibrate
+from alvts.calibration.fit import RECALL_RATIOS
 from alvts.cli.calibrate import encode_samples
 from alvts.cli.common import load_model_and_processor
-from alvts.data import load_calibration_rows
-from alvts.fit import RECALL_RATIOS
+from alvts.evaluation.data import load_calibration_rows
 
 KEYS = [f"recall@{r:.3f}" for r in RECALL_RATIOS]
 KEY_NAMES = [f"{stage}_{k}" for stage in ("A", "AB") for k in KEYS]

@@ -63,7 +63,7 @@ class WrongShapePolicy(Policy):
         ("oracle", dict(keep=-0.5), r"keep must be a ratio in \(0, 1\]"),
         ("fastest", dict(keep=0.5), r"Unknown policy 'fastest'"),
         ("random", dict(), r"needs a budget: pass keep="),
-        ("full", dict(keep=0.5), r"Policy 'full' keeps every visual token"),
+        ("full", dict(keep=0.5), r"Policy 'full' cannot score layers \[0, 1, 2, 3\]: give them keep 1.0"),
     ],
 )
 def test_apply_refuses_bad_arguments_and_leaves_the_model_stock(sdpa_model, policy, kwargs, message):

@@ -1,8 +1,9 @@
 """`alvts-calibrate`: fit a selector pack for a vision-language model from the command line.
 
-MODEL is a recipe alias (`calibrate/<alias>.toml` gives the defaults, flags override them), "demo", a local folder
-or a Hub id. Arguments and calibration data are checked before the model is loaded; bad arguments, unusable data and
-weights that are neither local nor downloadable end with one message on stderr and exit status 2, no traceback.
+MODEL is a recipe alias (`<alias>.toml` gives the defaults, flags override them), "demo", a local folder or a Hub
+id. The fitting flags are `CalibrationConfig`'s settings. Arguments and calibration data are checked before the
+model is loaded; bad arguments, unusable data and weights that are neither local nor downloadable end with one
+message on stderr and exit status 2, no traceback.
 """
 
 from __future__ import annotations
@@ -10,72 +11,53 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
-from huggingface_hub import get_token
-from PIL import Image
-from transformers import ProcessorMixin
-
-from ..calibration import CalibrationConfig, calibrate
-from ..data import BUILTIN_NAME, DataError, load_calibration_rows
-from ..inputs import encode_example
-from ..pack import SelectorPack
-from ..policies import SCORES
-from ..recipes import RECIPES_ENV, available_recipes, load_recipe
-from .common import DTYPES, CommandError, first_line, load_model_and_processor, run_command
+from ..calibration.config import CalibrationConfig
+from ..options import add_arguments, settings_of
+from .common import CommandError, first_line, load_checked_config, load_model_and_processor, locate_model, run_command
+from .recipes import RECIPES_ENV, RUN_KEYS, available_recipes, load_recipe
 
 PROG = "alvts-calibrate"
-LOSSES = ("mse+kl", "mse")
-INITS = ("whitened", "svd")
-
-
-def parse_layers(spec: str) -> list[int] | None:
-    """`--layers`: "all" (None: every decoder layer) or indices and inclusive ranges such as "0-3,6"."""
-    if spec.strip() == "all":
-        return None
-    layers: set[int] = set()
-    for part in spec.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
-            raise argparse.ArgumentTypeError(f"invalid layer spec {spec!r}: use 'all' or indices and ranges, '0-3,6'")
-        layers.update(range(int(first), int(last if dash else first) + 1))
-    return sorted(layers)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; defaults are CalibrationConfig's, a recipe's values replace them (see parse_args)."""
-    defaults = CalibrationConfig()
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Fit a selector pack (low-rank visual token selectors, one per decoder layer) for a model.",
-        epilog=f"Recipes found: {', '.join(available_recipes()) or 'none'} (searched in ${RECIPES_ENV}, ./calibrate/ "
-        "and the alvts checkout's calibrate/).",
+        epilog=f"Recipes found: {', '.join(available_recipes()) or 'none'} (searched in ${RECIPES_ENV}, ./recipes/ "
+        "and alvts's own).",
     )
     add = parser.add_argument
-    add("--model", required=True, help="recipe alias, 'demo', local model folder or Hub model id")
-    add("--rank", type=int, help="selector rank (required unless the recipe sets it)")
-    add("--dataset", help="Hub dataset id, or a local folder / .jsonl / .json / .parquet file (default: task suite)")
+    add("--model", required=True, help=RUN_KEYS["model"].help)
+    add("--dataset", help=RUN_KEYS["dataset"].help + " (default: the demo's task suite, offline)")
     add("--split", default="train", help="dataset split (default: %(default)s)")
     add("--image-column", default="image", help="column of images or image paths (default: %(default)s)")
     add("--text-column", default="question", help="column of prompts, e.g. questions (default: %(default)s)")
-    add("--num-samples", type=int, default=256, help="calibration samples, at least 2 (default: %(default)s)")
-    add("--layers", type=parse_layers, default="all", help="decoder layers to fit: 'all' or e.g. '0-3,6'")
-    add("--default-keep", type=float, default=defaults.default_keep, help="the pack's default keep ratio (0, 1]")
+    add("--num-samples", type=_typed("num_samples"), default=256, help="calibration samples, >= 2 (default: 256)")
+    add_arguments(parser, CalibrationConfig)
     add("--out", type=Path, help="output folder (default: selectors/<alias or model name>-r<rank>)")
     add("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: CUDA if available (default)")
-    add("--dtype", choices=DTYPES, help="model weights dtype (default: bf16 on CUDA, fp32 on CPU)")
-    add("--seed", type=int, default=defaults.seed, help="held-out split, refinement and local data order")
-    add("--stage-b-steps", type=int, default=defaults.stage_b_steps, help="refinement steps per layer, 0 to skip")
-    add("--loss", choices=LOSSES, default=defaults.loss, help="refinement loss (default: %(default)s)")
-    add("--init", choices=INITS, default=defaults.init, help="Stage A: data-whitened, or the data-free SVD of B")
-    add("--score", choices=SCORES, default=defaults.score, help="importance score; t2v alone is an ablation")
+    add("--dtype", choices=RUN_KEYS["dtype"].choices, help="model weights dtype (default: bf16 on CUDA, fp32 on CPU)")
     add("--push-to-hub", metavar="REPO", help="also upload the pack to this Hub model repo")
     add("--trust-remote-code", action="store_true", help="allow model code from the Hub repo to run")
     return parser
 
 
+def _typed(key: str):
+    def parse(text: str) -> Any:
+        try:
+            return RUN_KEYS[key].parse("--" + key.replace("_", "-"), text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Flags over the recipe's values over the defaults, checked; `model` becomes the model to load."""
+    """Flags over the recipe's values over the defaults, checked; `model` becomes the model to load and `config`
+    the `CalibrationConfig`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     alias = args.model
@@ -88,46 +70,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.set_defaults(**recipe)
         args = parser.parse_args(argv)
         args.model = model
-    _check_args(parser, args, has_recipe=recipe is not None)
+    try:
+        args.config = CalibrationConfig(**{name: getattr(args, name) for name in settings_of(CalibrationConfig)})
+    except ValueError as err:
+        parser.error(str(err))
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda, but no CUDA device is available")
+    if args.push_to_hub:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            parser.error("--push-to-hub needs a Hugging Face login: run `hf auth login` or set HF_TOKEN")
     if args.out is None:
         name = alias if recipe is not None else Path(args.model.rstrip("/")).name
-        args.out = Path("selectors") / f"{name}-r{args.rank}"
+        args.out = Path("selectors") / f"{name}-r{args.config.rank}"
     return args
 
 
-def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, has_recipe: bool) -> None:
-    """Refuse values no run can use, from the command line or a recipe, before any data or model is loaded."""
-    if args.rank is None:
-        parser.error(f"--rank is required{'' if has_recipe else f': {args.model!r} is no recipe alias'}")
-    checks = [
-        (args.rank >= 1, f"--rank must be at least 1, got {args.rank}"),
-        (args.num_samples >= 2, f"--num-samples must be at least 2 (some are held out), got {args.num_samples}"),
-        (args.stage_b_steps >= 0, f"--stage-b-steps must be 0 or more, got {args.stage_b_steps}"),
-        (0 < args.default_keep <= 1, f"--default-keep must be in (0, 1], got {args.default_keep}"),
-        (args.dtype is None or args.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}"),
-        (args.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {args.loss!r}"),
-        (args.init in INITS, f"--init must be one of {', '.join(INITS)}, got {args.init!r}"),
-        (args.score in SCORES, f"--score must be one of {', '.join(SCORES)}, got {args.score!r}"),
-        (args.device != "cuda" or torch.cuda.is_available(), "--device cuda, but no CUDA device is available"),
-        (
-            not args.push_to_hub or get_token() is not None,
-            "--push-to-hub needs a Hugging Face login: run `hf auth login` or set HF_TOKEN",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            parser.error(message)
-
-
-def encode_samples(
-    processor: ProcessorMixin, rows: Sequence[tuple[Image.Image, str]], device: torch.device
-) -> Iterator[dict[str, torch.Tensor]]:
+def encode_samples(processor: Any, rows: Sequence[tuple[Any, str]], device: Any) -> Iterator[dict]:
     """Single-sample model inputs (the prompt through the chat template, no answer) on `device`, one at a time."""
+    from ..evaluation.inputs import encode_example
+
     for image, text in rows:
         yield {key: value.to(device) for key, value in encode_example(processor, image, text).items()}
 
 
-def metrics_table(pack: SelectorPack) -> str:
+class _Sized:
+    """An iterator that knows its length (the progress bar's total) without holding every item."""
+
+    def __init__(self, items: Iterator, length: int):
+        self.items, self.length = items, length
+
+    def __iter__(self) -> Iterator:
+        return self.items
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def metrics_table(pack: Any) -> str:
     """Per-layer held-out agreement with the oracle: recall at the ratio nearest the default keep, Spearman, L2."""
     metrics = pack.config.metrics
     ratios = [name.removeprefix("AB_recall@") for name in next(iter(metrics.values())) if "AB_recall@" in name]
@@ -144,37 +128,48 @@ def metrics_table(pack: SelectorPack) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> None:
-    """Load and check the data, then the model, calibrate, report, and push if asked."""
-    try:
-        rows = load_calibration_rows(
-            args.dataset, args.split, args.image_column, args.text_column, args.num_samples, args.seed
-        )
-    except DataError as err:
-        raise CommandError(str(err)) from None
-    print(f"Calibrating {args.model} on {len(rows)} samples from {args.dataset or BUILTIN_NAME} into {args.out}")
-    model, processor = load_model_and_processor(
-        args.model, args.device, args.dtype, args.layers, args.trust_remote_code
-    )
-    config = CalibrationConfig(
-        rank=args.rank,
-        layers=args.layers,
-        default_keep=args.default_keep,
-        stage_b_steps=args.stage_b_steps,
-        loss=args.loss,
-        init=args.init,
-        score=args.score,
-        seed=args.seed,
-    )
-    dataset_info = {
-        "name": args.dataset or BUILTIN_NAME,
+def load_rows(args: argparse.Namespace) -> tuple[list, dict]:
+    """The calibration rows and how the pack records their source."""
+    from ..evaluation.data import DataError, load_calibration_rows
+
+    info = {
+        "name": args.dataset,
         "split": args.split,
         "image_column": args.image_column,
         "text_column": args.text_column,
     }
-    samples = encode_samples(processor, rows, model.device)
     try:
-        pack = calibrate(model, samples, config, args.out, base_model=args.model, dataset_info=dataset_info)
+        if args.dataset is None:
+            from ..demo.rows import SUITE_NAME, suite_calibration_rows
+
+            return suite_calibration_rows(args.num_samples), info | {"name": SUITE_NAME}
+        rows = load_calibration_rows(
+            args.dataset, args.split, args.image_column, args.text_column, args.num_samples, args.config.seed
+        )
+    except DataError as err:
+        raise CommandError(str(err)) from None
+    return rows, info
+
+
+def run(args: argparse.Namespace) -> None:
+    """Check the model's config and the data, then load the model, calibrate, report, and push if asked."""
+    path = locate_model(args.model)
+    model_config = load_checked_config(path, args.model, args.trust_remote_code)
+    num_layers = model_config.get_text_config().num_hidden_layers
+    if args.config.layers is not None and args.config.layers[-1] >= num_layers:
+        raise CommandError(
+            f"--layers asks for layer {args.config.layers[-1]}; {args.model} has layers 0-{num_layers - 1}."
+        )
+    rows, dataset_info = load_rows(args)
+    print(f"Calibrating {args.model} on {len(rows)} samples from {dataset_info['name']} into {args.out}")
+    model, processor = load_model_and_processor(
+        path, args.model, model_config, args.device, args.dtype, args.trust_remote_code
+    )
+    from ..calibration import calibrate
+
+    samples = _Sized(encode_samples(processor, rows, model.device), len(rows))
+    try:
+        pack = calibrate(model, samples, args.config, args.out, base_model=args.model, dataset_info=dataset_info)
     except ValueError as err:
         raise CommandError(str(err)) from None
     print("Held-out agreement with the attention oracle (stage A: closed form; A+B: after refinement):")

@@ -1,4 +1,6 @@
-"""What the command lines share: one error type for what the user can fix, and loading a model the way they all do."""
+"""What the command lines share: one error type for what the user can fix, and finding and loading a model the way
+they all do. Heavy imports (torch, transformers) happen inside the functions that need them, so `--help` and
+argument errors are instant."""
 
 from __future__ import annotations
 
@@ -7,26 +9,21 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import torch
-from huggingface_hub import constants
-from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig, PreTrainedModel, ProcessorMixin
-from transformers.utils import is_accelerate_available
+from ..demo import resolve_model_alias
+from .recipes import available_recipes
 
-from ..demo import resolve_model
-from ..processor import load_processor
-from ..recipes import available_recipes
-from ..routing.adapters import ADAPTERS, supported_model_classes
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = ("bf16", "fp16", "fp32")
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # what a Hub model id looks like; anything else is a local path
+MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # no pickles, no other formats
 
 
 class CommandError(Exception):
     """A failure the user can fix; `run_command` prints its message and exits with status 2."""
 
 
-def run_command(prog: str, job: Callable[[], None], resume_hint: str | None = None) -> None:
+def run_command(prog: str, job: Callable[[], Any], resume_hint: str | None = None) -> None:
     """Run `job`: exit status 2 with one message for a CommandError, 130 on Ctrl-C, no traceback for either."""
     try:
         job()
@@ -38,12 +35,38 @@ def run_command(prog: str, job: Callable[[], None], resume_hint: str | None = No
         raise SystemExit(130) from None
 
 
-def load_checked_config(model_id: str, trust_remote_code: bool = False) -> PretrainedConfig:
-    """The model's config (a small file), refused if alvts cannot route its family: checks before the weights load."""
-    path = resolve_model(model_id)
-    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+def locate_model(model_id: str) -> str:
+    """A local folder for `model_id`: the demo alias, a folder, or a Hub id from the HF cache or one download attempt
+    (a model that is nowhere fails in about a second, with a message that says how to get it)."""
+    path = resolve_model_alias(model_id)
+    if Path(path).exists():
+        return path
+    if not HUB_ID.fullmatch(path):
+        raise CommandError(
+            f"No model folder at {path}. Pass --model a folder written by save_pretrained, a Hub model id, or a "
+            f"recipe alias ({', '.join(available_recipes()) or 'none found'})."
+        )
+    from ..packs import HubError, hub_snapshot
+
+    try:
+        return str(hub_snapshot(path, MODEL_FILES))
+    except HubError as err:
+        raise CommandError(
+            f"Cannot load model {model_id!r}: {err} Gated or private models need `hf auth login` first; get the "
+            f"weights with `hf download {path}`, or pass --model a local folder."
+        ) from None
+
+
+def load_checked_config(path: str, model_id: str, trust_remote_code: bool = False) -> Any:
+    """The model's config (a small file), refused if alvts cannot route its family: checked before the weights
+    load. Pass it on to `load_model_and_processor` so that it is read once."""
+    from transformers import AutoConfig
+
+    from ..routing import supported_model_classes
+    from ..routing.adapters import ADAPTERS
+
     with _loading_errors(model_id, path):
-        config = AutoConfig.from_pretrained(path, **kwargs)
+        config = AutoConfig.from_pretrained(path, **({"trust_remote_code": True} if trust_remote_code else {}))
     if config.model_type not in ADAPTERS:
         raise CommandError(
             f"alvts does not support {model_id!r} (model_type {config.model_type!r}); supported model classes: "
@@ -53,24 +76,26 @@ def load_checked_config(model_id: str, trust_remote_code: bool = False) -> Pretr
 
 
 def load_model_and_processor(
-    model_id: str, device: str, dtype: str | None, layers: list[int] | None = None, trust_remote_code: bool = False
-) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """The processor and config first (small files: missing files, an unsupported family or out-of-range `layers`
-    show before the weights load), then the model with sdpa attention in eval mode; device "auto" is CUDA if
-    available, spread by accelerate where it is installed."""
-    path = resolve_model(model_id)
+    path: str, model_id: str, config: Any, device: str, dtype: str | None, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """The processor, then the model (sdpa attention, eval mode) from the folder `locate_model` gave; device "auto"
+    is CUDA if available, spread by accelerate where it is installed."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+    from transformers.utils import is_accelerate_available
+
+    from ..evaluation.processor import load_processor
+
     target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     spread = device == "auto" and is_accelerate_available()
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     with _loading_errors(model_id, path):
         processor = load_processor(path, **kwargs)
-    num_layers = load_checked_config(model_id, trust_remote_code).get_text_config().num_hidden_layers
-    if layers is not None and layers[-1] >= num_layers:
-        raise CommandError(f"--layers asks for layer {layers[-1]}; {model_id} has layers 0-{num_layers - 1}.")
-    with _loading_errors(model_id, path):
         model = AutoModelForImageTextToText.from_pretrained(
             path,
-            dtype=DTYPES[dtype or ("bf16" if target == "cuda" else "fp32")],
+            config=config,
+            dtype=torch_dtype[dtype or ("bf16" if target == "cuda" else "fp32")],
             attn_implementation="sdpa",
             **({"device_map": "auto"} if spread else {}),
             **kwargs,
@@ -82,37 +107,16 @@ def load_model_and_processor(
 
 @contextmanager
 def _loading_errors(model_id: str, path: str) -> Iterator[None]:
-    """Files that are missing or unusable as one CommandError that says what was tried and how to get them."""
+    """Files that are missing or unusable as one CommandError that says what was tried."""
     try:
         yield
     except OSError as err:
-        raise CommandError(_weights_help(model_id, path, err)) from None
-    except ValueError as err:
-        raise CommandError(f"Cannot load {model_id!r} as an image-text-to-text model: {first_line(err)}") from None
-
-
-def _weights_help(model_id: str, path: str, err: Exception) -> str:
-    """What was tried for weights that would not load, and how to get them."""
-    if Path(path).exists():
-        return (
+        raise CommandError(
             f"Cannot load the model in {path} ({first_line(err)}); the folder needs the config, weights and "
             "processor files that the model's and the processor's save_pretrained write."
-        )
-    if not HUB_ID.fullmatch(path):
-        return (
-            f"No model folder at {path}. Pass --model a folder written by save_pretrained, a Hub model id, or a "
-            f"recipe alias ({', '.join(available_recipes()) or 'none found'})."
-        )
-    hint = (
-        "HF_HUB_OFFLINE is set, so nothing is downloaded: unset it, or download the weights while online."
-        if constants.HF_HUB_OFFLINE
-        else "Check the id and your connection; gated or private models need `hf auth login` first."
-    )
-    return (
-        f"Cannot load model {model_id!r}: it is not a local folder, and it is not in the Hugging Face cache or could "
-        f"not be downloaded ({first_line(err)}). {hint} Get the weights with `hf download {path}` (older "
-        f"huggingface_hub: `huggingface-cli download {path}`), or pass --model a local folder."
-    )
+        ) from None
+    except ValueError as err:
+        raise CommandError(f"Cannot load {model_id!r} as an image-text-to-text model: {first_line(err)}") from None
 
 
 def first_line(err: Exception) -> str:

@@ -1,6 +1,6 @@
 """`alvts-eval`: accuracy of routed models against the full model and published baselines at equal budget.
 
-    alvts-eval --model demo --pack selectors/demo --keep 0.11 0.22 0.33 --json eval.json --plot eval.png
+    alvts-eval --model demo --pack alvts/demo/pack --keep 0.11 0.22 0.33 --json eval.json --plot eval.png
 
 Methods are policy names ("alvts" is the --pack), optionally with options: `fastv:k=1`, `random:seed=3`; a name
 ending in "-once" (`alvts-once`, `oracle-once`) selects at the first dropping layer only and keeps that set. Arguments,
@@ -11,46 +11,60 @@ one message on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
-import transformers
+from typing import Any
 
 from .. import __version__
-from ..baselines import SelectOncePolicy
-from ..data import BUILTIN_NAME, DataError, load_eval_rows
-from ..evaluate import SCORERS, evaluate
-from ..pack import SelectorPack
-from ..policies import POLICIES, Policy
-from ..recipes import load_recipe
-from ..report import check_plotting, format_table, plot_accuracy
-from .common import DTYPES, CommandError, load_checked_config, load_model_and_processor, run_command
+from ..evaluation.scoring import SCORERS
+from ..policies import POLICIES, SelectOncePolicy, build_policy, get_policy, policy_options
+from ..routing.budget import KEEP
+from ..routing.policy import Policy
+from .common import DTYPES, CommandError, load_checked_config, load_model_and_processor, locate_model, run_command
+from .recipes import load_recipe
 
 PROG = "alvts-eval"
 BASELINES = ("oracle", "fastv", "pdrop", "random", "random-dense", "v2drop", "divprune")
 
 
+def _keep(text: str) -> float:
+    try:
+        return KEEP.parse("--keep", text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err} (a share of each sample's visual tokens)") from None
+
+
+def _at_least_one(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    options = "; ".join(
+        f"{name}: {', '.join(f'{k} ({v})' for k, v in policy_options(name).items())}"
+        for name in POLICIES
+        if policy_options(name)
+    )
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Score a routed model (a selector pack and baseline policies) against the full model.",
-        epilog=f"Methods: alvts (the --pack), {', '.join(sorted(set(POLICIES) - {'full'}))}; the full model is "
-        "always run as the reference.",
+        epilog=f"Methods: alvts (the --pack; option uncovered=POLICY routes the layers it does not cover), "
+        f"{', '.join(sorted(set(POLICIES) - {'full'}))}; the full model is always run as the reference. Options: "
+        f"{options}.",
     )
     add = parser.add_argument
     add("--model", required=True, help="'demo', a recipe alias, a local model folder or a Hub model id")
     add("--pack", help="selector pack folder or Hub id (the 'alvts' method)")
-    add("--keep", type=float, nargs="+", default=[0.11, 0.22, 0.33], help="keep ratios, each in (0, 1]")
+    add("--keep", type=_keep, nargs="+", default=[0.11, 0.22, 0.33], help="keep ratios, each in (0, 1]")
     add("--methods", help="comma-separated methods (default: alvts if --pack is given, then every baseline)")
     add("--tasks", default="all", help="'all' or comma-separated tasks (task suite, or the --task-column values)")
-    add("--num-samples", type=int, default=50, help="questions per task (task suite) or rows in all (other data)")
-    add("--batch-size", type=int, default=16)
-    add("--max-new-tokens", type=int, default=16)
+    add("--num-samples", type=_at_least_one, default=50, help="questions per task (task suite) or rows in all")
+    add("--batch-size", type=_at_least_one, default=16)
+    add("--max-new-tokens", type=_at_least_one, default=16)
     add("--dataset", help="Hub dataset id, or a local folder / .jsonl / .json / .parquet (default: the task suite)")
     add("--split", default="train", help="dataset split (default: %(default)s, what local files load as)")
     add("--image-column", default="image")
@@ -68,63 +82,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_methods(spec: str | None, pack: str | None, seed: int) -> dict[str, Policy | str]:
-    """Method labels to policies: names from POLICIES with `:key=value` options, "alvts" for the pack (a placeholder
-    until the pack is loaded). Raises CommandError for an unknown name or option."""
+    """Method labels to policies, every option checked against the policy's declared settings: names from POLICIES
+    with `:key=value` options, "alvts" for the pack (a placeholder "alvts[:uncovered=NAME]" until the pack is
+    loaded). Raises ValueError for an unknown name or a bad option."""
     names = [m.strip() for m in spec.split(",")] if spec else [*(["alvts"] if pack else []), *BASELINES]
     methods: dict[str, Policy | str] = {}
     for label in filter(None, names):
-        name, *options = label.split(":")
+        name, *pairs = label.split(":")
         once, name = name.endswith("-once"), name.removesuffix("-once")
+        options = {}
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            if not eq or not key or not value:
+                raise ValueError(f"bad option {pair!r} in method {label!r}: write {name}:KEY=VALUE")
+            options[key] = value
         if name == "full":
             continue  # always run: the reference
         if name == "alvts":
-            if pack is None or options:
-                raise CommandError("method 'alvts' is the selector pack: pass --pack PATH_OR_HUB_ID (no options).")
-            methods[label] = "alvts-once" if once else "alvts"
+            if pack is None:
+                raise ValueError("method 'alvts' is the selector pack: pass --pack PATH_OR_HUB_ID.")
+            if set(options) - {"uncovered"}:
+                raise ValueError(f"method 'alvts' takes one option, uncovered=POLICY; got {sorted(options)}")
+            if "uncovered" in options:
+                get_policy(options["uncovered"])  # a registered name
+            methods[label] = label
             continue
-        if name not in POLICIES:
-            raise CommandError(f"unknown method {name!r} in --methods; use alvts or one of {', '.join(POLICIES)}.")
-        cls = POLICIES[name]
-        accepted = list(inspect.signature(cls).parameters)
-        kwargs = {"seed": seed} if "seed" in accepted else {}
-        for option in options:
-            key, _, value = option.partition("=")
-            if key not in accepted or not value:
-                raise CommandError(
-                    f"bad option {option!r} for method {name!r}: write {name}:KEY=VALUE with KEY one of "
-                    f"{accepted or 'none (it takes no options)'}."
-                )
-            kwargs[key] = _number(value)
-        try:
-            methods[label] = SelectOncePolicy(cls(**kwargs)) if once else cls(**kwargs)
-        except (TypeError, ValueError) as err:
-            raise CommandError(f"bad options for method {label!r}: {err}") from None
+        policy = build_policy(name, options, seed=seed)
+        methods[label] = SelectOncePolicy(policy) if once else policy
     if not methods:
-        raise CommandError("--methods names no method besides the full model.")
+        raise ValueError("--methods names no method besides the full model.")
     return methods
 
 
-def _number(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parsed and checked arguments; bad --keep, --num-samples or --batch-size values exit 2 here."""
+    """Parsed and checked arguments and methods: anything wrong exits 2 here, before torch is imported."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    bad_keep = [k for k in args.keep if not 0 < k <= 1]
-    if bad_keep:
-        parser.error(f"--keep values must be in (0, 1] (a share of each sample's visual tokens), got {bad_keep}")
-    if args.num_samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
-        parser.error("--num-samples, --batch-size and --max-new-tokens must be at least 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda, but no CUDA device is available")
+    try:
+        args.methods = parse_methods(args.methods, args.pack, args.seed)
+    except ValueError as err:
+        parser.error(str(err))
     try:
         recipe = load_recipe(args.model) if "/" not in args.model else None
     except ValueError as err:
@@ -133,55 +131,102 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _with_pack(methods: dict[str, Policy | str], pack: Any) -> dict[str, Policy | Any]:
+    """The "alvts[-once][:uncovered=NAME]" placeholders as the pack's selector."""
+    out = {}
+    for label, policy in methods.items():
+        if isinstance(policy, str):
+            name, _, option = policy.partition(":")
+            selector = pack.selector.with_uncovered(option.partition("=")[2] or None)
+            policy = SelectOncePolicy(selector) if name.endswith("-once") else selector
+        out[label] = policy
+    return out
+
+
 def run(args: argparse.Namespace) -> list[dict]:
-    """Check methods, budgets, pack, config and data; then load the model, evaluate, print and write the results."""
-    methods = parse_methods(args.methods, args.pack, args.seed)
+    """Check the pack, the model's config against every method, and the data; then load the model, evaluate, print
+    and write the results."""
+    from ..evaluation.report import check_plotting, format_table, plot_accuracy
+
     if args.plot:
         try:
             check_plotting()
         except ImportError as err:
             raise CommandError(str(err)) from None
+    methods, pack = args.methods, None
     if args.pack:
+        from ..packs import SelectorPack
+
         try:
             pack = SelectorPack.from_pretrained(args.pack)
         except (OSError, ValueError) as err:
             raise CommandError(f"cannot load the selector pack {args.pack!r}: {err}") from None
-        packed = {"alvts": pack, "alvts-once": SelectOncePolicy(pack.selector)}
-        methods = {label: packed.get(policy, policy) for label, policy in methods.items()}
-    load_checked_config(args.model_id, args.trust_remote_code)
-    tasks = None if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
-    try:
-        samples = load_eval_rows(
-            args.dataset, args.split, args.image_column, args.text_column, args.answer_column, args.task_column,
-            args.num_samples, args.seed, tasks,
-        )  # fmt: skip
-    except DataError as err:
-        raise CommandError(str(err)) from None
-    model, processor = load_model_and_processor(args.model_id, args.device, args.dtype, None, args.trust_remote_code)
+        methods = _with_pack(methods, pack)
+    path = locate_model(args.model_id)
+    config = load_checked_config(path, args.model_id, args.trust_remote_code)
+    num_layers = config.get_text_config().num_hidden_layers
+    for label, policy in methods.items():
+        try:
+            policy.check_layers(num_layers)
+        except ValueError as err:
+            raise CommandError(f"method {label!r} cannot run on {args.model}: {err}") from None
+    if pack is not None and pack.config.fingerprint.get("num_layers") not in (None, num_layers):
+        raise CommandError(
+            f"the selector pack {args.pack!r} was fitted on a {pack.config.fingerprint['num_layers']}-layer model; "
+            f"{args.model} has {num_layers} layers. Use a pack fitted on this model (alvts-calibrate)."
+        )
+    samples, dataset_name = _load_samples(args)
+    model, processor = load_model_and_processor(path, args.model_id, config, args.device, args.dtype,
+                                                args.trust_remote_code)  # fmt: skip
+    import torch
+
+    from ..evaluation.harness import evaluate
+
     torch.manual_seed(args.seed)
     try:
-        if args.pack:
+        if pack is not None:
             pack.check_model(model)
-        rows = evaluate(
-            model, processor, samples, methods, args.keep, args.batch_size, args.max_new_tokens, args.scorer
-        )
+        rows = evaluate(model, processor, samples, methods, args.keep, args.batch_size, args.max_new_tokens,
+                        args.scorer)  # fmt: skip
     except ValueError as err:  # e.g. a pack fitted on another model
         raise CommandError(str(err)) from None
     print(format_table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_report(args, methods, rows), indent=1) + "\n", encoding="utf-8")
+        report = _report(args, methods, pack, dataset_name, rows)
+        args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {plot_accuracy(rows, args.plot, title=args.model)}")
     return rows
 
 
-def _report(args: argparse.Namespace, methods: dict, rows: list[dict]) -> dict:
+def _load_samples(args: argparse.Namespace) -> tuple[list, str]:
+    from ..evaluation.data import DataError, load_eval_rows
+
+    tasks = None if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
+    try:
+        if args.dataset is None:
+            from ..demo.rows import SUITE_NAME, suite_eval_rows
+
+            return suite_eval_rows(args.num_samples, tasks), SUITE_NAME
+        samples = load_eval_rows(
+            args.dataset, args.split, args.image_column, args.text_column, args.answer_column, args.task_column,
+            args.num_samples, args.seed, tasks,
+        )  # fmt: skip
+    except DataError as err:
+        raise CommandError(str(err)) from None
+    return samples, args.dataset
+
+
+def _report(args: argparse.Namespace, methods: dict, pack: Any, dataset: str, rows: list[dict]) -> dict:
+    import torch
+    import transformers
+
     return {
         "model": args.model,
-        "pack": args.pack,
-        "dataset": args.dataset or BUILTIN_NAME,
+        "pack": None if pack is None else pack.describe(),
+        "dataset": dataset,
         "tasks": list(dict.fromkeys(row["task"] for row in rows if row["task"] != "mean")),
         "scorer": args.scorer,
         "methods": {label: repr(policy) for label, policy in methods.items()},

@@ -6,9 +6,9 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2VLImageProcessorPil
 
-from ..processor import ImageOnlyQwen2_5_VLProcessor
-from ..tasks import TASK_TYPES, generate_scene, question_for
-from ..tasks.vocab import BACKGROUND
+from ..evaluation.processor import ImageOnlyQwen2_5_VLProcessor
+from .tasks import TASK_TYPES, generate_scene, question_for
+from .tasks.vocab import BACKGROUND
 
 SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",

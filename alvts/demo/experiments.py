@@ -2,7 +2,7 @@
 `keep` per layer through the runtime: random tokens, the oracle's top-k, and a fitted selector pack if given.
 With --attention, instead: where the answer position of counting and existence questions looks (attention_shares).
 
-    python -m alvts.demo.experiments --num-per-task 100 [--pack selectors/demo] [--json OUT]
+    python -m alvts.demo.experiments --num-per-task 100 [--pack alvts/demo/pack] [--json OUT]
     python -m alvts.demo.experiments --attention --num-per-task 100
 """
 
@@ -17,18 +17,27 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from .. import RandomPolicy, SelectorPack, routed
-from ..evaluate import accuracy_by_task, generate_answers
-from ..inputs import encode_example
-from ..processor import load_processor
-from ..tasks import EVAL_SEED, TASK_TYPES
-from ..tasks.vocab import BACKGROUND
+from ..api import routed
+from ..evaluation.harness import generate_answers
+from ..evaluation.inputs import encode_example
+from ..evaluation.processor import load_processor
+from ..evaluation.scoring import accuracy_by_task
+from ..packs import SelectorPack
+from ..policies import RandomPolicy
 from . import DEMO_MODEL_PATH
-from .data import centre_token, held_out
+from .tasks import EVAL_SEED, TASK_TYPES
+from .tasks.vocab import BACKGROUND
+from .training_data import centre_token, held_out
 
 
 def run(
-    model_path: str, num_per_task: int, keep: float, seed: int, batch_size: int, pack: str | None = None
+    model_path: str,
+    num_per_task: int,
+    keep: float,
+    seed: int,
+    batch_size: int,
+    pack: str | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Accuracy per task (and mean) for each condition: full, blank, random / oracle / the pack at `keep`."""
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
@@ -39,18 +48,20 @@ def run(
     questions = [example.question for example in examples]
     tasks, answers = [e.task for e in examples], [e.answer for e in examples]
 
-    def score(images: list[Image.Image], policy=None) -> dict[str, float]:
-        with nullcontext() if policy is None else routed(model, policy, keep=keep):
-            return accuracy_by_task(tasks, answers, generate_answers(model, processor, images, questions, batch_size))
-
-    table = {
-        "full": score(images),
-        "blank image": score(blanks),
-        f"random keep {keep}": score(images, RandomPolicy(seed)),
-        f"oracle keep {keep}": score(images, "oracle"),
-    }
+    conditions = [
+        ("full", images, None),
+        ("blank image", blanks, None),
+        (f"random keep {keep}", images, RandomPolicy(seed)),
+        (f"oracle keep {keep}", images, "oracle"),
+    ]
     if pack is not None:
-        table[f"selector keep {keep}"] = score(images, SelectorPack.from_pretrained(pack))
+        conditions.append((f"selector keep {keep}", images, SelectorPack.from_pretrained(pack)))
+    table = {}
+    for i, (name, inputs, policy) in enumerate(conditions):
+        print(f"({i + 1}/{len(conditions)}) {name}", flush=True)
+        with nullcontext() if policy is None else routed(model, policy, keep=keep):
+            predictions = generate_answers(model, processor, inputs, questions, batch_size, progress=progress)
+        table[name] = accuracy_by_task(tasks, answers, predictions)
     return table
 
 

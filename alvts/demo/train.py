@@ -22,10 +22,12 @@ from torch.utils.data import DataLoader
 from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 
-from ..inputs import ANSWER_END, collate, encode_example
-from ..tasks import EVAL_SEED, TASK_TYPES
+from ..evaluation.inputs import collate
+from ..routing.adapters import get_adapter
 from .build import IMAGE_SIZE, build_config, build_processor, build_tokenizer
-from .data import (
+from .tasks import EVAL_SEED, TASK_TYPES
+from .training_data import (
+    ANSWER_END,
     FIELDS,
     GUIDES,
     MAX_DIGITS,
@@ -34,6 +36,7 @@ from .data import (
     NUM_COLOUR_CLASSES,
     TOKEN_PIXELS,
     TrainingStream,
+    encode_conversation,
     held_out,
 )
 
@@ -152,7 +155,9 @@ def train(args: argparse.Namespace) -> None:
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
 
     probe_examples = held_out(args.probe_per_task, PROBE_SEED)
-    probe = collate([encode_example(processor, e.image, e.question, e.answer) for e in probe_examples], pad_id)
+    adapter = get_adapter(model)
+    probe = [encode_conversation(processor, e.image, [(e.question, e.answer)]) for e in probe_examples]
+    probe = collate(probe, pad_id, adapter)
     probe_tasks = [e.task for e in probe_examples]
 
     stream = TrainingStream(processor, args.tasks, start=args.start_example, turns=args.turns)
@@ -249,7 +254,7 @@ def train(args: argparse.Namespace) -> None:
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items]).to(device)
         guides = {name: torch.cat([item.pop(name) for item in items]).to(device) for name in GUIDES}
-        batch = {key: value.to(device, non_blocking=True) for key, value in collate(items, pad_id).items()}
+        batch = {key: value.to(device, non_blocking=True) for key, value in collate(items, pad_id, adapter).items()}
         return tasks, targets, guides, batch, batch.pop("labels")
 
     started, batches = time.perf_counter(), iter(loader)

@@ -1,20 +1,22 @@
-"""Per-layer visual token routing inside stock transformers models."""
+"""Per-layer visual token routing inside stock transformers models: the router, its caches and budgets, the policy
+contract, and the family adapters (everything a model family needs to say)."""
 
-from .adapters import FamilyAdapter, get_adapter, register_adapter, supported_model_classes
-from .budget import KeepSchedule
-from .cache import RoutedCache, RoutedStaticCache
-from .core import Router, RoutingState, gather_plan, top_k_mask
+from .._lazy import lazy_attributes
+from .policy import LayerInputs, Policy
 
-__all__ = [
-    "FamilyAdapter",
-    "KeepSchedule",
-    "RoutedCache",
-    "RoutedStaticCache",
-    "Router",
-    "RoutingState",
-    "gather_plan",
-    "get_adapter",
-    "register_adapter",
-    "supported_model_classes",
-    "top_k_mask",
-]
+_WHERE = {
+    "FamilyAdapter": ".adapters",
+    "get_adapter": ".adapters",
+    "register_adapter": ".adapters",
+    "supported_model_classes": ".adapters",
+    "KeepSchedule": ".budget",
+    "check_keep": ".budget",
+    "RoutedCache": ".cache",
+    "RoutedStaticCache": ".cache",
+    "Router": ".core",
+    "RoutingState": ".core",
+    "gather_plan": ".core",
+    "top_k_mask": ".core",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+__all__ = ["LayerInputs", "Policy", *_WHERE]

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from ..options import Setting
+
+if TYPE_CHECKING:
+    import torch
 
 # floor(r * N) with r = 1/9 and N = 576 is 63.99999999999999 in floating point; the paper means 64.
 _FLOOR_EPS = 1e-6
+
+KEEP = Setting(float, "share of each sample's visual tokens kept per layer", above=0, high=1)
+KEEP_TOKENS = Setting(int, "visual tokens kept per sample and layer", low=1)
+
+
+def check_keep(value: float) -> float:
+    """A keep ratio in (0, 1], or a ValueError that says what keep means and how to ask for a count instead."""
+    try:
+        return KEEP.check("keep", value)
+    except ValueError:
+        raise ValueError(
+            f"keep must be a ratio in (0, 1] (0.25 keeps a quarter of each sample's visual tokens), got {value!r}. "
+            "For a fixed number of tokens use keep_tokens=."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -30,19 +47,16 @@ class KeepSchedule:
         if (keep is None) == (keep_tokens is None):
             raise ValueError("Give exactly one budget: `keep` (a ratio in (0, 1]) or `keep_tokens` (a count >= 1).")
         if keep is not None:
-            values = _per_layer(keep, num_layers, "keep")
-            for v in values:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
-                    raise ValueError(
-                        f"keep must be a ratio in (0, 1] (e.g. 0.25 keeps a quarter of each sample's visual tokens), "
-                        f"got {v!r}. For a fixed number of tokens use keep_tokens=."
-                    )
-            return cls(ratios=tuple(float(v) for v in values))
-        values = _per_layer(keep_tokens, num_layers, "keep_tokens")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"keep_tokens must be an integer >= 1 (visual tokens per sample), got {v!r}.")
-        return cls(counts=tuple(values))
+            return cls(ratios=tuple(check_keep(v) for v in _per_layer(keep, num_layers, "keep")))
+        return cls(
+            counts=tuple(
+                KEEP_TOKENS.check("keep_tokens", v) for v in _per_layer(keep_tokens, num_layers, "keep_tokens")
+            )
+        )
+
+    def mean_keep(self) -> float | None:
+        """The schedule's average ratio over layers (the effective budget), or None for token counts."""
+        return None if self.ratios is None else sum(self.ratios) / len(self.ratios)
 
     def num_layers(self) -> int:
         return len(self.ratios if self.ratios is not None else self.counts)
@@ -57,6 +71,8 @@ class KeepSchedule:
 
     def budgets(self, n_visual: torch.Tensor) -> torch.Tensor:
         """`(layers, batch)` visual tokens kept by each sample at every layer, in one pass over the schedule."""
+        import torch
+
         if self.ratios is not None:
             ratios = torch.tensor(self.ratios, dtype=torch.float64, device=n_visual.device)[:, None]
             k = torch.floor(n_visual.double() * ratios + _FLOOR_EPS).long().clamp(min=1)

@@ -1,7 +1,7 @@
 """The routing core: at each decoder layer, text tokens and the policy's top-k visual tokens go through the layer;
 the other visual tokens skip it unchanged and are put back in place. Knows no model family (see `adapters`).
 
-Mechanics (see shared notes, transformers-routing.md): each decoder layer's `forward` is replaced on the instance
+Mechanics: each decoder layer's `forward` is replaced on the instance
 (class, parameter names and output-capture hooks stay stock). The replacement gathers the kept tokens, with their
 rotary (cos, sin), into a left-padded sub-sequence in original order, builds that layer's own causal mask against
 its own cache length, calls the stock layer, and scatters the outputs back. A forward pre-hook on the multimodal
@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache, StaticCache
-from transformers.masking_utils import create_causal_mask
+from transformers import DynamicCache
 
-from ..policies import LayerInputs, Policy
+from ..compat import GENERATE_MASK_METHOD, causal_mask, pass_2d_mask, skip_stock_mask, unused_static_cache_length
 from .adapters import FamilyAdapter
 from .budget import KeepSchedule
 from .cache import RoutedCache, RoutedStaticCache
+from .policy import LayerInputs, Policy
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
@@ -94,21 +94,6 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
-# A 4-D mask is "already built" to transformers' mask code; routed layers ignore the stock mask and build their own
-_PREBUILT_MASK = torch.empty(0, 0, 0, 0, dtype=torch.bool)
-
-
-def _skip_stock_mask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """The language model would build a (batch, 1, seq, seq) mask for all layers that no routed layer reads."""
-    if kwargs.get("attention_mask") is not None:
-        kwargs["attention_mask"] = _PREBUILT_MASK
-    return args, kwargs
-
-
-def _pass_2d_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
-    return attention_mask
-
-
 class Router:
     """Routes visual tokens through the decoder layers of one model. Created and installed by `alvts.apply`."""
 
@@ -156,12 +141,12 @@ class Router:
             layer.forward = functools.partial(self._layer_forward, i, layer, layer.forward)
         # generate() turns the 2-D mask into 4-D masks sized for a static cache's layer 0; routed layers build their
         # own from the 2-D mask, so generate() passes it through
-        self._saved_masks = self._model.__dict__.get("create_masks_for_generate")
-        self._model.create_masks_for_generate = _pass_2d_mask
+        self._saved_masks = self._model.__dict__.get(GENERATE_MASK_METHOD)
+        setattr(self._model, GENERATE_MASK_METHOD, pass_2d_mask)
         language_model = self.adapter.language_model(self._model)
         self._handles = [
             self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True),
-            language_model.register_forward_pre_hook(_skip_stock_mask, with_kwargs=True),
+            language_model.register_forward_pre_hook(skip_stock_mask, with_kwargs=True),
             language_model.register_forward_hook(self._after_language_model),
         ]
 
@@ -170,7 +155,7 @@ class Router:
             handle.remove()
         for owner, name, saved in [
             *((layer, "forward", self._saved_forwards[i]) for i, layer in enumerate(self.layers)),
-            (self._model, "create_masks_for_generate", self._saved_masks),
+            (self._model, GENERATE_MASK_METHOD, self._saved_masks),
         ]:
             if saved is None:
                 delattr(owner, name)
@@ -235,8 +220,9 @@ class Router:
             return RoutedCache(config=self.text_config) if use_cache else None
         if type(cache) is DynamicCache and cache.get_seq_length() == 0:
             return RoutedCache(config=self.text_config)
-        if type(cache) is StaticCache and not cache.is_initialized:  # generate(cache_implementation="static")
-            return RoutedStaticCache(config=self.text_config, max_cache_len=cache.layers[0].max_cache_len)
+        max_cache_len = unused_static_cache_length(cache)  # generate(cache_implementation="static")
+        if max_cache_len is not None:
+            return RoutedStaticCache(config=self.text_config, max_cache_len=max_cache_len)
         raise ValueError(
             f"A routed model needs a RoutedCache or RoutedStaticCache (per-layer key counts differ), got a "
             f"{type(cache).__name__} holding {int(cache.get_seq_length())} tokens. Pass no cache, an empty "
@@ -299,15 +285,8 @@ class Router:
         ):
             layer_mask = None  # what create_causal_mask returns here (is_causal), without its per-layer Python cost
         else:
-            layer_mask = create_causal_mask(
-                config=self.text_config,
-                inputs_embeds=sub,
-                attention_mask=mask_2d,
-                past_key_values=cache,
-                position_ids=None,
-                layer_idx=layer_idx,
-                allow_is_causal_skip=mask_2d is None,  # a padded mask is never all ones: skip that check (a sync)
-            )
+            # a padded mask is never all ones: skip the is_causal check (a sync)
+            layer_mask = causal_mask(self.text_config, sub, mask_2d, cache, layer_idx, mask_2d is None)
         out = stock_forward(
             sub,
             attention_mask=layer_mask,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from conftest import exit_message
@@ -15,12 +16,13 @@ from transformers import AutoModelForImageTextToText
 
 import alvts
 import alvts.cli.calibrate as cli
-import alvts.cli.common
+import alvts.routing.adapters
+from alvts.calibration.config import parse_layers
+from alvts.cli.recipes import RECIPES_ENV
 from alvts.demo import DEMO_MODEL_PATH
-from alvts.inputs import encode_example
-from alvts.processor import load_processor
-from alvts.recipes import RECIPES_ENV
-from alvts.tasks import TASK_TYPES, make_example
+from alvts.demo.tasks import TASK_TYPES, make_example
+from alvts.evaluation.inputs import encode_example
+from alvts.evaluation.processor import load_processor
 
 FAST = ["--rank", "4", "--num-samples", "4", "--stage-b-steps", "5"]
 # One thread: on a busy machine, thread contention makes the fit many times slower.
@@ -63,7 +65,7 @@ def test_subprocess_run_writes_a_pack_that_routes_generation(qwen_folder, tmp_pa
     pack = alvts.SelectorPack.from_pretrained(out)
     assert pack.config.rank == 4 and pack.config.layers == [0, 1, 2, 3]
     assert pack.config.dataset == {
-        "name": "alvts.tasks", "split": "train", "image_column": "image", "text_column": "question",
+        "name": "alvts.demo.tasks", "split": "train", "image_column": "image", "text_column": "question",
         "num_samples": 4, "seed": 0,
     }  # fmt: skip
 
@@ -119,7 +121,7 @@ def test_missing_or_unfit_models_exit_2_before_their_weights_load(qwen_folder, t
         capsys, cli.main, ["--model", str(qwen_folder), *FAST, "--layers", "2-4", "--out", str(tmp_path / "b")]
     )
     assert f"--layers asks for layer 4; {qwen_folder} has layers 0-3" in err
-    monkeypatch.setattr(alvts.cli.common, "ADAPTERS", {})
+    monkeypatch.setattr(alvts.routing.adapters, "ADAPTERS", {})
     err = exit_message(capsys, cli.main, ["--model", str(qwen_folder), *FAST, "--out", str(tmp_path / "c")])
     assert f"alvts does not support '{qwen_folder}' (model_type 'qwen2_5_vl')" in err
     assert not any((tmp_path / d).exists() for d in "abc")
@@ -144,13 +146,17 @@ def test_data_with_an_empty_image_column_is_refused_before_the_model(qwen_folder
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--rank", "0"], "--rank must be at least 1, got 0"),
-        (["--rank", "-3"], "--rank must be at least 1"),
-        ([], "--rank is required: 'org/model' is no recipe alias"),
-        (["--rank", "4", "--num-samples", "1"], "--num-samples must be at least 2"),
+        (["--rank", "0"], "--rank must be an integer >= 1, got '0'"),
+        (["--rank", "-3"], "--rank must be an integer >= 1"),
+        (["--rank", "2.5"], "--rank must be an integer >= 1, got '2.5'"),
+        (["--rank", "4", "--num-samples", "1"], "--num-samples must be an integer >= 2"),
+        (["--stage-b-steps", "-1"], "--stage-b-steps must be an integer >= 0"),
+        (["--init", "random"], "--init must be one of 'whitened', 'svd', got 'random'"),
+        (["--score", "v2v"], r"--score must be one of 'v2v\*t2v', 't2v'"),
+        (["--loss", "l1"], r"--loss must be one of 'mse\+kl', 'mse'"),
         (["--rank", "4", "--layers", "3-1"], "invalid layer spec '3-1'"),
         (["--rank", "4", "--layers", "first"], "invalid layer spec 'first'"),
-        (["--rank", "4", "--default-keep", "1.5"], r"--default-keep must be in \(0, 1\]"),
+        (["--rank", "4", "--default-keep", "1.5"], r"--default-keep must be a number in \(0, 1\]"),
         (["--rank", "4", "--dtype", "int8"], "invalid choice: 'int8'"),
     ],
 )
@@ -163,10 +169,10 @@ def test_bad_arguments_are_refused(argv, message, capsys, no_model):
 def test_bad_recipe_values_and_push_without_login_are_refused(tmp_path, monkeypatch, capsys, no_model):
     (tmp_path / "bad.toml").write_text('model = "org/model"\nrank = 4\ndtype = "bfloat16"\n')
     monkeypatch.setenv(RECIPES_ENV, str(tmp_path))
-    assert "--dtype must be one of bf16, fp16, fp32, got 'bfloat16'" in exit_message(
+    assert "dtype must be one of 'bf16', 'fp16', 'fp32', got 'bfloat16'" in exit_message(
         capsys, cli.main, ["--model", "bad"]
     )
-    monkeypatch.setattr(cli, "get_token", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     err = exit_message(capsys, cli.main, ["--model", "org/model", "--rank", "4", "--push-to-hub", "me/pack"])
     assert "--push-to-hub needs a Hugging Face login" in err
 
@@ -176,12 +182,17 @@ def test_bad_recipe_values_and_push_without_login_are_refused(tmp_path, monkeypa
     [("all", None), ("0-3,6", [0, 1, 2, 3, 6]), (" 2 , 0-1", [0, 1, 2]), ("5", [5]), ("1-1,1", [1])],
 )
 def test_layer_specs(spec, layers):
-    assert cli.parse_layers(spec) == layers
+    assert parse_layers(spec) == layers
 
 
 def test_default_output_folder_names_the_model_and_rank(monkeypatch):
     monkeypatch.delenv(RECIPES_ENV, raising=False)
     assert cli.parse_args(["--model", "org/Some-VLM", "--rank", "8"]).out == Path("selectors/Some-VLM-r8")
     args = cli.parse_args(["--model", "qwen2.5-vl", "--stage-b-steps", "7", "--out", "x"])
-    assert (args.model, args.rank, args.stage_b_steps, args.dtype) == ("Qwen/Qwen2.5-VL-7B-Instruct", 32, 7, "bf16")
+    assert (args.model, args.config.rank, args.config.stage_b_steps, args.dtype) == (
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        32,
+        7,
+        "bf16",
+    )
     assert cli.parse_args(["--model", "llava-1.5"]).out == Path("selectors/llava-1.5-r32")

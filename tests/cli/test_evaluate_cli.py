@@ -8,17 +8,21 @@ import pytest
 from conftest import exit_message
 
 import alvts.cli.evaluate as cli
+import alvts.evaluation.report
 from alvts.calibration import CalibrationConfig, calibrate
-from alvts.cli.common import load_model_and_processor
+from alvts.cli.common import load_checked_config, load_model_and_processor
 from alvts.cli.evaluate import BASELINES
-from alvts.data import load_calibration_rows
-from alvts.inputs import encode_example
-from alvts.report import format_table
+from alvts.demo.rows import suite_calibration_rows
+from alvts.evaluation.inputs import encode_example
+from alvts.evaluation.report import format_table
+from alvts.options import settings_of
+from alvts.policies import POLICIES
 
 ROW_KEYS = {
     "task",
     "method",
     "keep",
+    "effective_keep",
     "accuracy",
     "retained",
     "agreement",
@@ -30,8 +34,9 @@ ROW_KEYS = {
 
 @pytest.fixture(scope="module")
 def pack_folder(qwen_folder, tmp_path_factory):
-    model, processor = load_model_and_processor(str(qwen_folder), "cpu", "fp32")
-    samples = [encode_example(processor, image, text) for image, text in load_calibration_rows(None, num_samples=4)]
+    path = str(qwen_folder)
+    model, processor = load_model_and_processor(path, path, load_checked_config(path, path), "cpu", "fp32")
+    samples = [encode_example(processor, image, text) for image, text in suite_calibration_rows(4)]
     out = tmp_path_factory.mktemp("pack")
     calibrate(model, samples, CalibrationConfig(rank=4, stage_b_steps=3), out, base_model=str(qwen_folder))
     return out
@@ -82,15 +87,19 @@ def test_end_to_end_writes_json_and_png(qwen_folder, pack_folder, tmp_path, caps
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--keep", "0"], r"--keep values must be in \(0, 1\]"),
-        (["--keep", "0.1", "1.5"], r"--keep values must be in \(0, 1\].*\[1.5\]"),
-        (["--keep", "half"], "invalid float value: 'half'"),
-        (["--methods", "fastv,bogus"], "unknown method 'bogus' in --methods"),
-        (["--methods", "fastv:depth=3"], "bad option 'depth=3' for method 'fastv'.*KEY one of \\['k'\\]"),
+        (["--keep", "0"], r"--keep must be a number in \(0, 1\], got '0'"),
+        (["--keep", "0.1", "1.5"], r"--keep must be a number in \(0, 1\], got '1.5'"),
+        (["--keep", "half"], r"--keep must be a number in \(0, 1\], got 'half'"),
+        (["--methods", "fastv,bogus"], "unknown method 'bogus'; known: full, random, oracle"),
+        (["--methods", "fastv:depth=3"], r"method 'fastv' has no option 'depth'; its options: k \(an integer >= 0\)"),
+        (["--methods", "fastv:k"], "bad option 'k' in method 'fastv:k': write fastv:KEY=VALUE"),
+        (["--methods", "alvts:rank=3", "--pack", "p"], "method 'alvts' takes one option, uncovered=POLICY"),
+        (["--methods", "alvts:uncovered=bogus", "--pack", "p"], "Unknown policy 'bogus'"),
         (["--methods", "alvts"], "method 'alvts' is the selector pack: pass --pack"),
         (["--methods", "full"], "--methods names no method besides the full model"),
         (["--pack", "/nowhere/pack"], "cannot load the selector pack '/nowhere/pack'"),
-        (["--num-samples", "0"], "--num-samples, --batch-size and --max-new-tokens must be at least 1"),
+        (["--num-samples", "0"], "argument --num-samples: must be an integer >= 1, got '0'"),
+        (["--batch-size", "x"], "argument --batch-size: must be an integer >= 1, got 'x'"),
     ],
 )
 def test_bad_methods_and_budgets_are_refused_before_model_work(argv, message, capsys, no_model):
@@ -102,7 +111,7 @@ def test_missing_plotting_is_refused_before_model_work(capsys, no_model, monkeyp
     def no_matplotlib():
         raise ImportError("Plotting needs matplotlib: pip install 'alvts[plot]'")
 
-    monkeypatch.setattr(cli, "check_plotting", no_matplotlib)
+    monkeypatch.setattr(alvts.evaluation.report, "check_plotting", no_matplotlib)
     assert "pip install 'alvts[plot]'" in exit_message(capsys, cli.main, ["--model", "org/model", "--plot", "x.png"])
 
 
@@ -119,4 +128,54 @@ def test_default_methods_are_the_pack_then_every_baseline():
     assert (methods["fastv:k=1"].k, methods["random:seed=3"].seed, methods["pdrop:stages=2"].stages) == (1, 3, 2)
     assert cli.parse_methods("random", None, 5)["random"].seed == 5
     once = cli.parse_methods("oracle-once,alvts-once", "some/pack", 0)
-    assert repr(once["oracle-once"]) == "SelectOncePolicy(OraclePolicy())" and once["alvts-once"] == "alvts-once"
+    assert repr(once["oracle-once"]) == "SelectOncePolicy(OraclePolicy(chunk_size=512, score='v2v*t2v'))"
+    assert once["alvts-once"] == "alvts-once"
+
+
+def _bad_values(spec):
+    """For one declared option: a value of the wrong type and one out of its range (None where it has none)."""
+    wrong_type = "abc" if spec.kind in (int, float) else None
+    if spec.choices is not None:
+        return [wrong_type, "no-such-choice"]
+    if spec.kind is int:
+        return [wrong_type, "1.5", str(int(spec.low) - 1) if spec.low is not None else None]
+    return [wrong_type]
+
+
+OPTION_CASES = [
+    (name, key, value)
+    for name in POLICIES
+    for key, spec in settings_of(POLICIES[name]).items()
+    for value in _bad_values(spec)
+    if value is not None
+]
+
+
+@pytest.mark.parametrize(("name", "key", "value"), OPTION_CASES)
+def test_every_bad_option_of_every_policy_exits_2_before_any_model_work(name, key, value, capsys, no_model):
+    err = exit_message(capsys, cli.main, ["--model", "org/model", "--methods", f"{name}:{key}={value}"])
+    assert f"method {name!r}: {key} must be " in err and repr(value) in err
+    assert "Traceback" not in err
+
+
+def test_the_options_cases_cover_every_option_of_every_policy():
+    options = {(name, key) for name in POLICIES for key in settings_of(POLICIES[name])}
+    assert options == {(name, key) for name, key, _ in OPTION_CASES}
+    assert {"fastv", "pdrop", "v2drop", "random", "random-dense", "oracle"} <= {name for name, _ in options}
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("v2drop:dense_layers=10", r"v2drop:dense_layers=10 keeps every layer of this 4-layer decoder dense"),
+        ("fastv:k=4", r"fastv:k=4 keeps every layer of this 4-layer decoder dense"),
+        ("random-dense:dense_layers=4", "random-dense:dense_layers=4 keeps every layer"),
+        ("pdrop:stages=5", r"pdrop:stages=5 needs at least as many layers; this decoder has 4"),
+    ],
+)
+def test_options_the_model_cannot_take_exit_2_before_its_weights_load(
+    qwen_folder, method, message, capsys, monkeypatch
+):
+    monkeypatch.setattr(cli, "load_model_and_processor", lambda *a, **k: pytest.fail("weights loaded"))
+    err = exit_message(capsys, cli.main, ["--model", str(qwen_folder), "--methods", method])
+    assert re.search(message, err), err

@@ -11,14 +11,15 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
-from alvts.demo import DEMO_MODEL_PATH, TASKS_AT_BAR, is_built, resolve_model
+from alvts.demo import DEMO_MODEL_PATH, TASKS_AT_BAR, is_built, resolve_model_alias
 from alvts.demo.build import build_config, build_processor, build_tokenizer
-from alvts.demo.data import held_out
 from alvts.demo.experiments import attention_shares
-from alvts.evaluate import accuracy_by_task, generate_answers
-from alvts.processor import ImageOnlyQwen2_5_VLProcessor, load_processor
-from alvts.tasks import EVAL_SEED
-from alvts.tasks.vocab import BACKGROUND
+from alvts.demo.tasks import EVAL_SEED
+from alvts.demo.tasks.vocab import BACKGROUND
+from alvts.demo.training_data import held_out
+from alvts.evaluation.harness import generate_answers
+from alvts.evaluation.processor import ImageOnlyQwen2_5_VLProcessor, load_processor
+from alvts.evaluation.scoring import accuracy_by_task
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -47,8 +48,8 @@ def saved(processor, tmp_path):
 
 
 def test_alias_names_the_packaged_folder():
-    assert resolve_model("demo") == str(DEMO_MODEL_PATH)
-    assert resolve_model("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert resolve_model_alias("demo") == str(DEMO_MODEL_PATH)
+    assert resolve_model_alias("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
 @needs_model

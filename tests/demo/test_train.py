@@ -4,9 +4,11 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from alvts.demo.build import build_config, build_processor, build_tokenizer
+from alvts.demo.tasks import make_example
 from alvts.demo.train import answer_attention
-from alvts.inputs import collate, encode_example
-from alvts.tasks import make_example
+from alvts.demo.training_data import encode_conversation
+from alvts.evaluation.inputs import collate
+from alvts.routing import get_adapter
 
 
 def test_answer_attention_matches_eager_attention_weights():
@@ -19,9 +21,8 @@ def test_answer_attention_matches_eager_attention_weights():
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.set_attn_implementation("eager")
     examples = [make_example("counting", 0), make_example("relation", 1)]
-    batch = collate(
-        [encode_example(processor, e.image, e.question, e.answer) for e in examples], tokenizer.pad_token_id
-    )
+    items = [encode_conversation(processor, e.image, [(e.question, e.answer)]) for e in examples]
+    batch = collate(items, tokenizer.pad_token_id, get_adapter(model))
     labels = batch.pop("labels")
     attn, captured = model.model.language_model.layers[1].self_attn, {}
     attn.register_forward_hook(

@@ -6,18 +6,18 @@ import pytest
 import torch
 
 from alvts.demo.build import build_processor, build_tokenizer
-from alvts.demo.data import (
+from alvts.demo.tasks import TASK_TYPES, answer_for, make_example
+from alvts.demo.tasks.scenes import COLOUR_NAMES
+from alvts.demo.tasks.vocab import DIRECTIONS, SHAPES
+from alvts.demo.training_data import (
     FIELDS,
     NUM_CENTRE_CLASSES,
     PALETTE,
     answer_guides,
     conversation,
+    encode_conversation,
     token_targets,
 )
-from alvts.inputs import encode_conversation, encode_example
-from alvts.tasks import TASK_TYPES, answer_for, make_example
-from alvts.tasks.scenes import COLOUR_NAMES
-from alvts.tasks.vocab import DIRECTIONS, SHAPES
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_first_turn_is_what_inference_sees_and_labels_cover_every_answer(process
     ids, labels = encoded["input_ids"][0], encoded["labels"][0]
     assert torch.equal(ids[: len(prompt)], prompt) and (labels[: len(prompt)] == -100).all()
     assert processor.tokenizer.decode(labels[labels != -100]) == "".join(f"{answer}<|im_end|>" for _, answer in turns)
-    single = encode_example(processor, example.image, example.question, example.answer)["labels"][0]
+    single = encode_conversation(processor, example.image, [(example.question, example.answer)])["labels"][0]
     assert processor.tokenizer.decode(single[single != -100]) == f"{example.answer}<|im_end|>"
 
 

@@ -9,9 +9,9 @@ from importlib.metadata import entry_points
 import pytest
 
 import alvts
-from alvts.evaluate import generate_answers
-from alvts.processor import load_processor
-from alvts.tasks import make_example
+from alvts.demo.tasks import make_example
+from alvts.evaluation.harness import generate_answers
+from alvts.evaluation.processor import load_processor
 
 STUB = {
     "lmms_eval/__init__.py": "",
@@ -42,8 +42,8 @@ class ModelManifest:
 """,
     "lmms_eval/models/__init__.py": '''
 from transformers import AutoModelForImageTextToText
-from alvts.evaluate import generate_answers
-from alvts.processor import load_processor
+from alvts.evaluation.harness import generate_answers
+from alvts.evaluation.processor import load_processor
 from lmms_eval.api.model import lmms
 
 

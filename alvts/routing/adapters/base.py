@@ -18,6 +18,8 @@ class FamilyAdapter:
     model_classes: ClassVar[tuple[str, ...]] = ()  # for error messages
     visual_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")
     visual_token_id_attrs: ClassVar[tuple[str, ...]] = ("image_token_id",)
+    # processor outputs that hold images: a batch concatenates them in sample order instead of padding them like text
+    image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
 
     def base_model(self, model: nn.Module) -> nn.Module:
         """The multimodal model that embeds images and runs the language model (`model.model` for the top class)."""
@@ -39,6 +41,10 @@ class FamilyAdapter:
 
     def attention(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
+
+    def batch_images(self, key: str, values: list[torch.Tensor]) -> torch.Tensor:
+        """One batch's `key` input from its samples' values (each sample's images, in order)."""
+        return torch.cat(values)
 
     def visual_token_ids(self, config: Any) -> list[int]:
         ids = (getattr(config, attr, None) for attr in self.visual_token_id_attrs)

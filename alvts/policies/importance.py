@@ -1,0 +1,121 @@
+"""Importance math shared by the policies and calibration: the layer's exact received-attention score (the oracle,
+and the target a fitted selector reproduces), the same score in a selector's rank space, and the attention and
+diversity signals the baselines rank by."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..routing.policy import LayerInputs
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply rotary embeddings to `(batch, heads, seq, head_dim)` as the Llama/Qwen attention does."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+@torch.no_grad()
+def attention_importance(
+    attention: nn.Module,
+    normed: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    visual: torch.Tensor,
+    valid: torch.Tensor,
+    chunk_size: int = 512,
+    score: str = "v2v*t2v",
+) -> torch.Tensor:
+    """log S(i) = log S_V2V(i) + log S_T2V(i) from the layer's real attention, head-averaged
+    (log S_T2V(i) alone for score "t2v").
+
+    Uses the layer's own q/k projections, RoPE, the causal mask and the padding mask; softmax over all valid keys.
+    Returns `(batch, seq)` fp32 with -inf at non-visual positions.
+    """
+    q, k = rotated_queries_keys(attention, normed, position_embeddings)
+    return received_attention_log_scores(q, k, attention.scaling, visual, valid, chunk_size, score)
+
+
+def rotated_queries_keys(
+    attention: nn.Module, normed: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's fp32 queries and keys `(batch, heads, seq, head_dim)` with RoPE, keys repeated per query head."""
+    b, seq, _ = normed.shape
+    head_dim = attention.head_dim
+    cos, sin = (t.expand(b, -1, -1).float() for t in position_embeddings)
+    q = attention.q_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
+    k = attention.k_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
+    q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: key group g(h) for every query head h
+
+
+def received_attention_log_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float | torch.Tensor,
+    visual: torch.Tensor,
+    valid: torch.Tensor,
+    chunk_size: int = 512,
+    score: str = "v2v*t2v",
+) -> torch.Tensor:
+    """log S_V2V + log S_T2V (score "v2v*t2v") or log S_T2V (score "t2v") of causal softmax attention
+    `softmax(scale * q k^T)`, averaged over heads.
+
+    `q`, `k`: `(batch, heads, seq, dim)`. S_V2V(i) is the mean attention visual queries give token i, S_T2V(i) the
+    mean over text queries (valid non-visual tokens). Query rows go in chunks, so memory is O(heads * chunk * seq).
+    Shared by the oracle (real heads) and the low-rank selector (one head in rank space). `(batch, seq)` fp32 with
+    -inf at non-visual positions; means are clamped at 1e-30 before the log (S is O(1/N^2)).
+    """
+    b, seq = visual.shape
+    queries = torch.stack([visual, valid & ~visual], dim=1)  # (b, 2, seq): visual queries, text queries
+    key_ok = valid[:, None, None, :]
+    positions = torch.arange(seq, device=q.device)
+    received = torch.zeros(b, 2, seq, dtype=torch.float32, device=q.device)
+    for start in range(0, seq, chunk_size):
+        stop = min(start + chunk_size, seq)
+        logits = (q[:, :, start:stop] @ k.transpose(-1, -2)) * scale  # (b, heads, chunk, seq)
+        allowed = (positions[None, :] <= positions[start:stop, None]) & key_ok
+        # a finite fill: padding query rows (no key at all) come out uniform instead of NaN, and get weight 0 below
+        probs = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min).softmax(-1)
+        probs = probs[:, 0] if probs.shape[1] == 1 else probs.mean(1)  # (b, chunk, seq)
+        received += (queries[:, :, start:stop].to(probs.dtype) @ probs).float()  # one pass: both query groups
+    v2v, t2v = (received / queries.sum(-1, keepdim=True).clamp(min=1)).unbind(1)
+    log_s = t2v.clamp(min=1e-30).log()
+    if score == "v2v*t2v":
+        log_s = log_s + v2v.clamp(min=1e-30).log()
+    return log_s.masked_fill(~visual, float("-inf"))
+
+
+def kept_before(scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Scores of the tokens that went through the previous layer; -inf for those already dropped."""
+    return scores.float().masked_fill(~previous, float("-inf"))
+
+
+@torch.no_grad()
+def last_token_attention(inputs: LayerInputs) -> torch.Tensor:
+    """`(batch, seq)` attention that each row's last valid token pays every token at this layer, head-averaged."""
+    batch, seq = inputs.valid.shape
+    rows = torch.arange(batch, device=inputs.valid.device)
+    last = seq - 1 - inputs.valid.flip(1).int().argmax(1)
+    q, k = rotated_queries_keys(inputs.attention, inputs.normed, inputs.position_embeddings)
+    q = q[rows, :, last][:, :, None]  # (batch, heads, 1, head_dim)
+    logits = (q @ k.transpose(-1, -2)).squeeze(2) * inputs.attention.scaling  # (batch, heads, seq)
+    visible = inputs.valid & (torch.arange(seq, device=rows.device)[None] <= last[:, None])
+    return torch.softmax(logits.masked_fill(~visible[:, None], float("-inf")), -1).mean(1)
+
+
+def max_min_order(features: torch.Tensor) -> torch.Tensor:
+    """Greedy max-min diversity order of `(n, dim)` features under cosine distance: each next token is the one
+    farthest from all chosen so far (the first: farthest from the mean). Returns each token's rank, 0 = first."""
+    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    distance = 1 - x @ x.T
+    nearest = 1 - x @ torch.nn.functional.normalize(x.mean(0), dim=0)  # to the mean, for the first pick only
+    rank = torch.empty(len(x), dtype=torch.long, device=x.device)
+    chosen = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for step in range(len(x)):
+        pick = int(nearest.masked_fill(chosen, -1.0).argmax())
+        rank[pick], chosen[pick] = step, True
+        nearest = distance[pick] if step == 0 else torch.minimum(nearest, distance[pick])
+    return rank

@@ -1,0 +1,101 @@
+"""The low-rank selector: per layer, one fused GEMM x @ [P_q | P_k] on the input-normed hidden states, causal
+softmax attention in rank space at temperature exp(t), score S = S_V2V * S_T2V in log space (or S_T2V alone, an
+ablation). A selector fitted on some layers only routes those; the others stay dense, or are routed by the
+`uncovered` policy when one is named."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..routing.policy import LayerInputs, Policy
+from .builtin import SCORES
+from .registry import get_policy
+
+if TYPE_CHECKING:
+    import torch
+
+
+class LowRankSelector(Policy):
+    """A fitted selector: `factors[layer]` is `(hidden, 2 * rank)` = [P_q | P_k], `log_temps[layer]` a scalar."""
+
+    name = "alvts"
+
+    def __init__(
+        self,
+        factors: dict[int, torch.Tensor],
+        log_temps: dict[int, torch.Tensor] | None = None,
+        score: str = "v2v*t2v",
+        uncovered: Policy | str | None = None,
+        default_keep: float | None = None,
+    ):
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(map(repr, SCORES))}, got {score!r}")
+        ranks = {int(f.shape[1]) for f in factors.values()}
+        if not factors or len(ranks) != 1 or ranks.pop() % 2:
+            raise ValueError("A selector needs factors of one shape (hidden, 2 * rank) for at least one layer.")
+        self.factors, self.score, self.default_keep = factors, score, default_keep
+        if log_temps is None:
+            import torch
+
+            log_temps = {i: torch.zeros(()) for i in factors}
+        self.log_temps = log_temps
+        self.uncovered = None if uncovered is None else get_policy(uncovered)
+        if self.uncovered is not None:
+            self.needs_previous_hidden = self.uncovered.needs_previous_hidden
+        self._placed: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (layer, device, dtype) -> weight, scale
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.factors.values())).shape[1] // 2
+
+    def with_uncovered(self, policy: Policy | str | None) -> LowRankSelector:
+        """The same fitted factors, with `policy` routing the layers they do not cover."""
+        return LowRankSelector(self.factors, self.log_temps, self.score, policy, self.default_keep)
+
+    def uncovered_layers(self, num_layers: int) -> list[int]:
+        if self.uncovered is not None:
+            return []
+        return [i for i in range(num_layers) if i not in self.factors]
+
+    def check_layers(self, num_layers: int) -> None:
+        outside = sorted(i for i in self.factors if i >= num_layers)
+        if outside:
+            raise ValueError(f"the selector has factors for layers {outside}; this decoder has {num_layers} layers.")
+        if self.uncovered is not None:
+            self.uncovered.check_layers(num_layers)
+
+    def layer_keeps(self, keep: float, num_layers: int) -> tuple[float, ...]:
+        """`keep` where the selector (or the `uncovered` policy) scores, 1.0 at layers nobody scores."""
+        if self.uncovered is not None:
+            inner = self.uncovered.layer_keeps(keep, num_layers)
+            return tuple(keep if i in self.factors else inner[i] for i in range(num_layers))
+        return tuple(keep if i in self.factors else 1.0 for i in range(num_layers))
+
+    def scores(self, inputs: LayerInputs) -> torch.Tensor:
+        if inputs.layer_idx not in self.factors:
+            if self.uncovered is None:
+                raise KeyError(
+                    f"The selector has no factors for layer {inputs.layer_idx} (it has {sorted(self.factors)}); "
+                    "give that layer keep 1.0, or name a policy for the layers it does not cover."
+                )
+            return self.uncovered.scores(inputs)
+        from .importance import received_attention_log_scores
+
+        x = inputs.normed
+        weight, scale = self._on(inputs.layer_idx, x)
+        q, k = (x @ weight).float().split(self.rank, dim=-1)
+        return received_attention_log_scores(
+            q[:, None], k[:, None], scale, inputs.visual, inputs.valid, score=self.score
+        )
+
+    def _on(self, layer_idx: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's factors in x's dtype and its temperature, moved to x's device once (not at every forward)."""
+        key = (layer_idx, x.device, x.dtype)
+        if key not in self._placed:
+            weight = self.factors[layer_idx].to(device=x.device, dtype=x.dtype)
+            self._placed[key] = weight, self.log_temps[layer_idx].to(x.device).float().exp()
+        return self._placed[key]
+
+    def __repr__(self) -> str:
+        extra = "" if self.uncovered is None else f", uncovered={self.uncovered!r}"
+        return f"LowRankSelector(layers={sorted(self.factors)}, rank={self.rank}{extra})"

@@ -1,0 +1,102 @@
+"""Selector packs: round trip, base-model checks, corrupt files, Hub cache offline."""
+
+import json
+
+import huggingface_hub
+import pytest
+import torch
+
+import alvts
+from alvts import SelectorConfig, SelectorPack
+from alvts.packs import CONFIG_NAME, WEIGHTS_NAME, model_fingerprint
+from alvts.policies import LowRankSelector
+from alvts.testing import tiny_inputs, tiny_model
+
+
+def _pack_for(model, rank=4, layers=(0, 1, 2, 3)):
+    gen = torch.Generator().manual_seed(0)
+    dim = model.config.text_config.hidden_size
+    selector = LowRankSelector(
+        {i: torch.randn(dim, 2 * rank, generator=gen) for i in layers}, {i: torch.tensor(0.5) for i in layers}
+    )
+    name = model.config._name_or_path or type(model).__name__
+    config = SelectorConfig(
+        base_model=name, fingerprint=model_fingerprint(model), rank=rank, layers=list(layers), default_keep=0.25
+    )
+    return SelectorPack(config, selector)
+
+
+@pytest.fixture
+def llava():
+    model = tiny_model("llava", "sdpa")
+    model.config._name_or_path = "tiny/llava-a"
+    return model
+
+
+def test_round_trip_and_apply_from_a_folder(llava, tmp_path):
+    pack = _pack_for(llava, layers=(1, 2, 3))
+    pack.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {CONFIG_NAME, WEIGHTS_NAME, "README.md"}
+    card = (tmp_path / "README.md").read_text()
+    assert "base_model: tiny/llava-a" in card and "library_name: alvts" in card
+    loaded = SelectorPack.from_pretrained(tmp_path)
+    assert loaded.config == pack.config
+    for i in (1, 2, 3):
+        assert torch.equal(loaded.selector.factors[i], pack.selector.factors[i])
+    batch = tiny_inputs(llava)
+    with alvts.routed(llava, str(tmp_path)), torch.no_grad():  # default keep from the pack; layer 0 has no factors
+        llava(**batch)
+        kept = alvts.routing_state(llava).visual_kept()
+    assert kept[0].tolist() == [64, 64] and kept[1:].eq(16).all()
+
+
+def test_pack_for_another_model_is_refused_naming_both(llava, tmp_path):
+    other = tiny_model("llava", "sdpa", seed=1)
+    other.config._name_or_path = "tiny/llava-b"
+    _pack_for(llava).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"fitted on 'tiny/llava-a' and does not fit 'tiny/llava-b': qk_norm_sha256"):
+        alvts.apply(other, str(tmp_path))
+    assert alvts.get_router(other) is None
+
+
+def test_truncated_or_tampered_weights_are_refused(llava, tmp_path):
+    _pack_for(llava).save_pretrained(tmp_path)
+    weights = tmp_path / WEIGHTS_NAME
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or was modified after saving"):
+        SelectorPack.from_pretrained(tmp_path)
+    weights.write_bytes(data[:-8] + bytes(8))
+    with pytest.raises(ValueError, match="truncated or was modified after saving"):
+        SelectorPack.from_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["weights_sha256"] = None  # without a checksum, safetensors itself must refuse the truncated file
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        SelectorPack.from_pretrained(tmp_path)
+
+
+def test_newer_format_is_refused_and_unknown_keys_are_ignored(llava, tmp_path, caplog):
+    _pack_for(llava).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(dict(config, future_option=3)))
+    assert SelectorPack.from_pretrained(tmp_path).config.rank == 4
+    assert "future_option" in caplog.text
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(dict(config, format_version=99)))
+    with pytest.raises(ValueError, match="format version 99.*Upgrade alvts"):
+        SelectorPack.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_reads_a_populated_hub_cache_offline(llava, tmp_path, monkeypatch):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-pack"
+    _pack_for(llava).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    pack = SelectorPack.from_pretrained("someone/tiny-pack")
+    assert pack.config.base_model == "tiny/llava-a"
+    with pytest.raises(ValueError, match="'someone/not-cached' is not a local folder and not in the HF cache, and HF_"):
+        SelectorPack.from_pretrained("someone/not-cached")

@@ -1,0 +1,53 @@
+"""The low-rank selector as a routing policy: fused projections, rank-space attention importance, exact budgets."""
+
+import pytest
+import torch
+
+import alvts
+from alvts.policies import LowRankSelector
+from alvts.policies.importance import received_attention_log_scores
+from alvts.testing import tiny_inputs, tiny_model
+
+
+def _selector(model, rank=8, layers=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n = len(model.model.language_model.layers)
+    dim = model.config.text_config.hidden_size
+    return LowRankSelector({i: torch.randn(dim, 2 * rank, generator=gen) for i in layers or range(n)})
+
+
+def test_selector_scores_are_rank_space_attention_importance():
+    model = tiny_model("llava", "sdpa")
+    selector = _selector(model)
+    batch = tiny_inputs(model, [[None]])
+    visual = batch["input_ids"] == model.config.image_token_id
+    valid = batch["attention_mask"].bool()
+    x = torch.randn(1, visual.shape[1], 64)
+    inputs = alvts.LayerInputs(0, None, None, torch.nn.Identity(), x, visual, valid, (None, None))
+    pq, pk = selector.factors[0].split(8, dim=1)
+    expected = received_attention_log_scores((x @ pq)[:, None], (x @ pk)[:, None], 1.0, visual, valid)
+    assert torch.allclose(selector.scores(inputs), expected)
+
+
+def test_selector_routes_with_exact_budgets(family):
+    model = tiny_model(family, "sdpa")
+    batch = tiny_inputs(model)
+    with alvts.routed(model, _selector(model), keep=0.25), torch.no_grad():
+        model(**batch)
+        state = alvts.routing_state(model)
+    n = state.visual.sum(1)
+    assert (state.visual_kept() == torch.clamp((n * 0.25 + 1e-6).floor().long(), min=1)).all()
+
+
+def test_a_partial_selector_leaves_the_layers_it_does_not_cover_dense():
+    model = tiny_model("llava", "sdpa")
+    with alvts.routed(model, _selector(model, layers=[2, 3]), keep=0.25), torch.no_grad():
+        model(**tiny_inputs(model))
+        state = alvts.routing_state(model)
+        n_visual = state.visual.sum(1)
+        assert state.visual_kept().tolist() == [n_visual.tolist()] * 2 + [(n_visual // 4).tolist()] * 2
+    with pytest.raises(ValueError, match=r"cannot score layers \[0, 1\]: give them keep 1.0"):
+        alvts.apply(model, _selector(model, layers=[2, 3]), keep=[0.25] * 4)
+    assert alvts.get_router(model) is None
+    with alvts.routed(model, _selector(model, layers=[2, 3]), keep=[1.0, 1.0, 0.25, 0.25]), torch.no_grad():
+        model(**tiny_inputs(model))
