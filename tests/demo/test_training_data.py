@@ -18,6 +18,7 @@ from alvts.demo.training_data import (
     encode_conversation,
     token_targets,
 )
+from alvts.evaluation.inputs import encode_example
 
 
 @pytest.fixture(scope="module")
