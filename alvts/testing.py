@@ -1,4 +1,5 @@
-"""Tiny random-initialised models of every supported family, built from config objects (no download), and batched
+"""Tiny random-initialised models of every supported family, built from config objects (no download), their
+processors (a word-level tokenizer over the tiny vocabulary, the family's stock image processor), and batched
 inputs with left padding, images of different sizes, several images per prompt or none. Used by the tests, the
 CPU benchmark preset and the no-weights demo."""
 
@@ -9,17 +10,24 @@ from collections.abc import Sequence
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+    LlavaProcessor,
     PreTrainedModel,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
 )
 
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "llava_next")
@@ -92,6 +100,58 @@ def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, **
     model.set_attn_implementation(attn_implementation)
     model.generation_config.pad_token_id = PAD
     return model
+
+
+# Placeholder strings the tiny processors use for the tiny models' special ids.
+_SPECIAL = {PAD: "<pad>", BOS: "<s>", EOS: "</s>", VISION_START: "<|vision_start|>", VISION_END: "<|vision_end|>"}
+_TEMPLATE = (
+    "{%- for message in messages -%}{{ message['role'] + ': ' }}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{ image_part }}{%- else -%}{{ part['text'] + ' ' }}{%- endif -%}"
+    "{%- endfor -%}{{ '</s> ' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'assistant: ' }}{%- endif -%}"
+)
+
+
+def tiny_processor(model: PreTrainedModel) -> ProcessorMixin:
+    """The processor of a `tiny_model`: words "w10" ... "w449" are the ordinary text ids, the image placeholder is
+    the model's image token id, and images go through the family's stock (PIL) image processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from .evaluation.processor import ImageOnlyQwen2_5_VLProcessor
+
+    family = model.config.model_type
+    qwen = family in QWEN_FAMILIES
+    image_token = "<|image_pad|>" if qwen else "<image>"
+    vocab = {f"w{i}": i for i in range(*TEXT_IDS)} | {text: i for i, text in _SPECIAL.items()}
+    vocab |= {image_token: IMAGE_ID, "<|video_pad|>": VIDEO_ID, "user:": 450, "assistant:": 451}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    special = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, **special,
+                                        extra_special_tokens={"image_token": image_token})  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": [image_token, "<|video_pad|>", *_SPECIAL.values()]})
+    image_part = "<|vision_start|><|image_pad|><|vision_end|> " if qwen else "<image> "
+    template = _TEMPLATE.replace("image_part", repr(image_part))
+    vision = model.config.vision_config
+    if qwen:
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+            temporal_patch_size=vision.temporal_patch_size, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64},
+        )  # fmt: skip
+        return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=template)
+    tile = {"height": vision.image_size, "width": vision.image_size}
+    shared = dict(patch_size=vision.patch_size, vision_feature_select_strategy="default", chat_template=template,
+                  num_additional_image_tokens=1, image_token=image_token)  # fmt: skip
+    if family == "llava":
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": vision.image_size}, crop_size=tile)
+        return LlavaProcessor(image_processor, tokenizer, **shared)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": vision.image_size},
+        crop_size=tile,
+        image_grid_pinpoints=model.config.image_grid_pinpoints,
+    )
+    return LlavaNextProcessor(image_processor, tokenizer, **shared)
 
 
 def _image_pixels(family: str, model: PreTrainedModel, image, gen: torch.Generator) -> tuple[dict, int]:
