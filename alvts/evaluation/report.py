@@ -70,10 +70,22 @@ def check_plotting() -> None:
         raise ImportError(PLOT_HINT) from None
 
 
-def plot_accuracy(rows: Sequence[dict], path: str | Path, title: str = "", columns: int = 3) -> Path:
+def plot_accuracy(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """`accuracy_figure` written to `path` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    figure = accuracy_figure(rows, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def accuracy_figure(rows: Sequence[dict], title: str = "", columns: int = 3):
     """Per task, a panel of % of full accuracy retained against the share of visual tokens kept per layer, one
     line per method with 95% interval bars; panels in a grid, the legend outside them, and the methods that could
-    not reach a budget named in a note. Writes a PNG to `path`."""
+    not reach a budget named in a note."""
     check_plotting()
     import matplotlib
 
@@ -129,8 +141,4 @@ def plot_accuracy(rows: Sequence[dict], path: str | Path, title: str = "", colum
     if title:
         figure.suptitle(title)
     figure.tight_layout(rect=(0, 0.04 if missing else 0, 1 - 2.0 / figure.get_figwidth(), 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return figure

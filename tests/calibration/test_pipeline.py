@@ -34,6 +34,49 @@ def test_calibrate_save_reload_apply_generate(family, tmp_path):
     assert out.shape[1] == batch["input_ids"].shape[1] + 3
 
 
+class _Progress:
+    """Stands in for tqdm: records the bar's final total, its updates and the messages written beside it."""
+
+    messages: list[str] = []
+
+    def __init__(self, total=None, **kwargs):
+        self.total, self.updates = total, 0
+        type(self).last = self
+
+    def update(self, n=1):
+        self.updates += n
+
+    def set_description(self, *a):
+        pass
+
+    set_postfix_str = close = set_description
+
+    @classmethod
+    def write(cls, message):
+        cls.messages.append(message)
+
+
+def _record_progress(monkeypatch):
+    monkeypatch.setattr(_Progress, "messages", [])
+    monkeypatch.setattr(calibration, "tqdm", _Progress)
+
+    class View:
+        messages = property(lambda self: _Progress.messages)
+        total = property(lambda self: _Progress.last.total)
+        updates = property(lambda self: _Progress.last.updates)
+
+    return View()
+
+
+def test_the_progress_bar_moves_inside_every_layer(monkeypatch):
+    model = tiny_model("llava", "sdpa")
+    bars = _record_progress(monkeypatch)
+    calibrate(model, _samples(model, 4), FAST)
+    n, steps = 4, FAST.stage_b_steps  # per layer: n statistics, `steps` refinement steps; n advances per layer 0-2
+    assert bars.total == n + 4 * (n + steps) + 3 * n and bars.updates == bars.total
+    assert bars.messages == []
+
+
 def test_interrupted_calibration_resumes_to_identical_tensors(tmp_path, monkeypatch):
     model = tiny_model("llava", "sdpa")
     samples = _samples(model)
@@ -51,8 +94,13 @@ def test_interrupted_calibration_resumes_to_identical_tensors(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         calibrate(model, samples, FAST, output_dir=tmp_path / "resumed")
     monkeypatch.setattr(calibration, "_fit_layer", lambda i, *args: fitted.append(i) or fit_layer(i, *args))
+    bars = _record_progress(monkeypatch)
     calibrate(model, samples, FAST, output_dir=tmp_path / "resumed")
     assert fitted == [0, 1, 2, 3]  # layers 0 and 1 were not fitted again
+    assert f"Resuming: layers 0-1 reused from {tmp_path / 'resumed' / 'layers'}" in bars.messages
+    # the bar counts what is left: captures, statistics and refinement of layers 2-3, advancing through layers 0-2
+    n, steps = len(samples), FAST.stage_b_steps
+    assert bars.total == n + 2 * (n + steps) + 3 * n and bars.updates == bars.total
     straight = load_file(tmp_path / "straight" / "selectors.safetensors")
     resumed = load_file(tmp_path / "resumed" / "selectors.safetensors")
     assert straight.keys() == resumed.keys()

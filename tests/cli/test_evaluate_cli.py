@@ -7,6 +7,8 @@ import re
 import pytest
 from conftest import exit_message
 
+import alvts
+import alvts.api
 import alvts.cli.evaluate as cli
 import alvts.evaluation.report
 from alvts.calibration import CalibrationConfig, calibrate
@@ -82,6 +84,37 @@ def test_end_to_end_writes_json_and_png(qwen_folder, pack_folder, tmp_path, caps
             assert row["flops_ratio"] < 1
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert format_table(rows) in printed
+    assert report["pack"]["source"] == str(pack_folder) and report["pack"]["rank"] == 4
+    assert report["pack"]["layers"] == [0, 1, 2, 3] and len(report["pack"]["fingerprint"]) == 64
+
+
+@pytest.fixture(scope="module")
+def partial_pack(qwen_folder, tmp_path_factory):
+    """A pack fitted on layers 0-1 only (`alvts-calibrate --layers 0-1`)."""
+    path = str(qwen_folder)
+    model, processor = load_model_and_processor(path, path, load_checked_config(path, path), "cpu", "fp32")
+    samples = [encode_example(processor, image, text) for image, text in suite_calibration_rows(4)]
+    out = tmp_path_factory.mktemp("partial")
+    calibrate(model, samples, CalibrationConfig(rank=4, layers=[0, 1], stage_b_steps=3), out, base_model=path)
+    return out
+
+
+def test_a_partial_pack_scores_at_every_keep_with_its_uncovered_layers_dense(qwen_folder, partial_pack, tmp_path):
+    argv = ["--model", str(qwen_folder), "--pack", str(partial_pack), "--keep", "0.25", "--tasks", "lookup",
+            "--num-samples", "2", "--max-new-tokens", "2", "--methods", "alvts,alvts-once,alvts:uncovered=oracle",
+            "--json", str(tmp_path / "out.json")]  # fmt: skip
+    cli.main(argv)
+    rows = {row["method"]: row for row in json.loads((tmp_path / "out.json").read_text())["rows"]}
+    # layers 0-1 keep a quarter, layers 2-3 (not in the pack) every token: 0.625 of the visual tokens on average
+    assert rows["alvts"]["effective_keep"] == pytest.approx((2 * 0.25 + 2 * 1.0) / 4)
+    assert rows["alvts"]["visual_fraction"] == pytest.approx(0.625, abs=2 / 256)
+    assert rows["alvts-once"]["visual_fraction"] == pytest.approx(0.625, abs=2 / 256)
+    assert rows["alvts:uncovered=oracle"]["visual_fraction"] == pytest.approx(0.25, abs=2 / 256)
+    # the same schedule through the Python API
+    path = str(qwen_folder)
+    model, _ = load_model_and_processor(path, path, load_checked_config(path, path), "cpu", "fp32")
+    schedule = alvts.api.plan_budget(alvts.resolve_policy(str(partial_pack), model), 4, 0.25)
+    assert schedule.ratios == (0.25, 0.25, 1.0, 1.0)
 
 
 @pytest.mark.parametrize(

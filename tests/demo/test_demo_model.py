@@ -56,7 +56,7 @@ def test_alias_names_the_packaged_folder():
 def test_loads_offline_through_the_auto_classes():
     code = (
         "from transformers import AutoModelForImageTextToText, AutoTokenizer, AutoImageProcessor\n"
-        "import alvts\n"
+        "import alvts, alvts.demo\n"
         "path = alvts.demo.DEMO_MODEL_PATH\n"
         "print(type(AutoModelForImageTextToText.from_pretrained(path)).__name__)\n"
         "print(type(AutoImageProcessor.from_pretrained(path)).__name__, len(AutoTokenizer.from_pretrained(path)))\n"

@@ -100,3 +100,51 @@ def test_from_pretrained_reads_a_populated_hub_cache_offline(llava, tmp_path, mo
     assert pack.config.base_model == "tiny/llava-a"
     with pytest.raises(ValueError, match="'someone/not-cached' is not a local folder and not in the HF cache, and HF_"):
         SelectorPack.from_pretrained("someone/not-cached")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(rank=8), r"layer 0's factors have shape \(64, 8\), but selector_config.json says rank 8"),
+        (dict(layers=[0, 1, 2, 3, 4]), r"has no factors for layers \[4\]"),
+        (dict(layers=[0, 1]), r"holds factors for layers \[2, 3\] that selector_config.json does not list"),
+        (dict(fingerprint={"hidden_size": 32}), r"hidden size 32 \(expected \(32, 8\)\)"),
+    ],
+)
+def test_a_config_that_does_not_match_its_tensors_is_refused_on_load(llava, tmp_path, change, message):
+    _pack_for(llava).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        SelectorPack.from_pretrained(tmp_path)
+
+
+def test_an_id_that_is_nowhere_gets_one_download_attempt(monkeypatch):
+    calls = []
+
+    def snapshot_download(repo_id, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ValueError, match=r"'org/pack' is not a local folder or in the HF cache, and downloading it"):
+        SelectorPack.from_pretrained("org/pack")
+    assert calls == [True, False]  # the cache, then the Hub once
+
+
+def test_a_loaded_pack_describes_itself_and_fingerprints_a_model_once(llava, tmp_path, monkeypatch):
+    _pack_for(llava).save_pretrained(tmp_path)
+    pack = SelectorPack.from_pretrained(tmp_path)
+    described = pack.describe()
+    assert described["source"] == str(tmp_path) and described["rank"] == 4 and described["layers"] == [0, 1, 2, 3]
+    assert described["fingerprint"] == model_fingerprint(llava)["qk_norm_sha256"]
+    import alvts.packs.format as pack_format
+
+    counted = []
+    monkeypatch.setattr(pack_format, "model_fingerprint", lambda m: counted.append(m) or model_fingerprint(m))
+    for _ in range(3):
+        pack.check_model(llava)
+    assert len(counted) == 1
