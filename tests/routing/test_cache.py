@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from conftest import batch_for
+from conftest import BATCH_IMAGES, batch_for
 
 import alvts
 from alvts import Policy, RoutedCache
+from alvts.testing import select_sample
 
 
 class OwnFeaturePolicy(Policy):
@@ -83,16 +84,18 @@ def test_generation_appends_text_to_every_layer(sdpa_model):
     assert cache.get_seq_length() == batch["input_ids"].shape[1] + 3
 
 
-@pytest.mark.parametrize(
-    "mode", [dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, num_return_sequences=3)]
-)
-def test_beam_search_and_sampling_run_routed(sdpa_model, mode):
+def test_routed_beam_search_of_a_batch_equals_each_sample_alone(sdpa_model):
+    """Beams reorder the cache's keys and their positions together: a sample's beams do not depend on its batch."""
     model, batch = sdpa_model, batch_for(sdpa_model, 2)
+    images = BATCH_IMAGES[model.config.model_type]
+    mode = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
     alvts.apply(model, "oracle", keep=0.25)
-    torch.manual_seed(0)
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=4, **mode)
-    assert out.shape == (2 * mode["num_return_sequences"], batch["input_ids"].shape[1] + 4)
+        batched = model.generate(**batch, **mode)[:, batch["input_ids"].shape[1] :]
+        for b in range(2):
+            alone = select_sample(batch, model, b, images)
+            single = model.generate(**alone, **mode)[:, alone["input_ids"].shape[1] :]
+            assert torch.equal(batched[2 * b : 2 * b + 2], single)
 
 
 def test_crop_removes_trailing_text_and_refuses_routed_spans(sdpa_model):
