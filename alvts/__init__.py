@@ -8,26 +8,11 @@ is cheap and does not import the demo.
 
 from ._lazy import lazy_attributes
 from ._version import __version__
+from .policies import __all__ as _policy_names  # the registry and policy classes import no torch
 
 _WHERE = {
     **dict.fromkeys(["apply", "remove", "routed", "routing_state", "get_router", "resolve_policy"], ".api"),
-    **dict.fromkeys(
-        [
-            "DenseEarlyRandomPolicy",
-            "DivPrunePolicy",
-            "FastVPolicy",
-            "FullPolicy",
-            "LowRankSelector",
-            "OraclePolicy",
-            "PyramidDropPolicy",
-            "RandomPolicy",
-            "SelectOncePolicy",
-            "V2DropPolicy",
-            "get_policy",
-            "register_policy",
-        ],
-        ".policies",
-    ),
+    **dict.fromkeys(["get_policy", "register_policy", *(n for n in _policy_names if n[0].isupper())], ".policies"),
     "attention_importance": ".policies.importance",
     **dict.fromkeys(["SelectorConfig", "SelectorPack"], ".packs"),
     **dict.fromkeys(

@@ -79,3 +79,18 @@ def exit_message(capsys, main, argv) -> str:
         main(argv)
     assert info.value.code == 2
     return capsys.readouterr().err
+
+
+# The fast tier (`pytest -m "not slow"`): every test on one family (Qwen2.5-VL, the demo's), the others' copies and
+# the end-to-end runs of the shipped demo model, command-line subprocesses, the wheel and offloading in the full tier.
+SLOW_FILES = {"test_demo_model.py", "test_train.py", "test_wheel.py", "test_offload.py", "test_static_cache.py"}
+FAST_FAMILY = "qwen2_5_vl"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        other_family = params.get("family", FAST_FAMILY) != FAST_FAMILY
+        subprocess_run = "subprocess" in item.name or "end_to_end" in item.name
+        if item.path.name in SLOW_FILES or other_family or subprocess_run:
+            item.add_marker(pytest.mark.slow)
