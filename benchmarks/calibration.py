@@ -26,8 +26,8 @@ from prefill import PRESETS, build_config, image_features, prefill_call
 from alvts.calibration import CalibrationConfig, calibrate
 from alvts.calibration.fit import RECALL_RATIOS
 from alvts.cli.calibrate import encode_samples
-from alvts.cli.common import load_model_and_processor
-from alvts.evaluation.data import load_calibration_rows
+from alvts.cli.common import load_checked_config, load_model_and_processor, locate_model
+from alvts.demo.rows import suite_calibration_rows
 
 KEYS = [f"recall@{r:.3f}" for r in RECALL_RATIOS]
 KEY_NAMES = [f"{stage}_{k}" for stage in ("A", "AB") for k in KEYS]
@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.preset:
         model, samples = preset_model_and_samples(args)
     else:
-        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-        rows = load_calibration_rows(None, "train", "image", "question", args.num_samples, args.seed)
+        path = locate_model(args.model)
+        config = load_checked_config(path, args.model)
+        model, processor = load_model_and_processor(path, args.model, config, args.device, args.dtype)
+        rows = suite_calibration_rows(args.num_samples)
         samples = list(encode_samples(processor, rows, model.device))
     results = []
     for rank in args.ranks:

@@ -46,7 +46,7 @@ def locate_model(model_id: str) -> str:
             f"No model folder at {path}. Pass --model a folder written by save_pretrained, a Hub model id, or a "
             f"recipe alias ({', '.join(available_recipes()) or 'none found'})."
         )
-    from ..packs import HubError, hub_snapshot
+    from ..packs.hub import HubError, hub_snapshot
 
     try:
         return str(hub_snapshot(path, MODEL_FILES))

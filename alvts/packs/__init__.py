@@ -1,17 +1,12 @@
 """Selector packs: the on-disk format (JSON config + safetensors + card), the Hub, and the model fingerprint that
-refuses a pack on a model it was not fitted on."""
+refuses a pack on a model it was not fitted on. Attributes load on first use (the Hub lookup needs no torch)."""
 
-from .fingerprint import model_fingerprint
-from .format import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, SelectorConfig, SelectorPack
-from .hub import HubError, hub_snapshot
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "CARD_NAME",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "HubError",
-    "SelectorConfig",
-    "SelectorPack",
-    "hub_snapshot",
-    "model_fingerprint",
-]
+_WHERE = {
+    "model_fingerprint": ".fingerprint",
+    **dict.fromkeys(["CARD_NAME", "CONFIG_NAME", "WEIGHTS_NAME", "SelectorConfig", "SelectorPack"], ".format"),
+    **dict.fromkeys(["HubError", "hub_snapshot"], ".hub"),
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+__all__ = list(_WHERE)
