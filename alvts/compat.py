@@ -4,7 +4,12 @@
 - a 4-D "prebuilt" mask stand-in that makes the language model skip building a whole-sequence mask no routed layer
   reads (its mask code passes a 4-D mask through untouched);
 - `create_masks_for_generate`, which generate() calls to build 4-D masks sized for a static cache's layer 0;
-- `StaticCache` internals: whether it was initialised, and its per-layer `max_cache_len`.
+- `StaticCache` internals: whether it was initialised, and its per-layer `max_cache_len`;
+- Qwen's multimodal rotary tables: before 5.17 the rotary embedding hands the layers the three M-RoPE sections
+  stacked, `(3, batch, seq, head_dim)`, and the attention merges them; from 5.17 they arrive merged.
+
+The M-RoPE difference is told by the table's shape, not by the version number, so a backport cannot fool it.
+Supported: 5.16 to 5.23 (pyproject.toml); CI runs the whole suite on the newest and the routing tests on 5.16.
 """
 
 from __future__ import annotations
@@ -13,12 +18,25 @@ from typing import Any
 
 import torch
 import transformers
-from packaging.version import Version
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
-TRANSFORMERS = Version(transformers.__version__)
-OLDEST, NEWEST = Version("5.16"), Version("5.24")  # the range pyproject.toml allows: >= OLDEST, < NEWEST
+
+def merged_rotary(table: torch.Tensor, attention: nn.Module) -> torch.Tensor:
+    """A rotary table as `(batch, seq, head_dim)`: stacked M-RoPE sections (transformers < 5.17) merged the way
+    the attention merges them, any other table unchanged."""
+    if table.dim() != 4:
+        return table
+    sections = attention.config.rope_parameters["mrope_section"] * 2
+    return torch.cat([part[i % 3] for i, part in enumerate(table.split(sections, dim=-1))], dim=-1)
+
+
+def gather_rotary(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The rotary rows of the kept tokens `index` `(batch, kept)`, in the layout the layer was given."""
+    if table.dim() == 4:  # stacked M-RoPE sections: gather each
+        return torch.stack([gather_rotary(section, index) for section in table])
+    table = table.expand(index.shape[0], -1, -1)
+    return table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]))
 
 
 def causal_mask(

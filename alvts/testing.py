@@ -44,6 +44,16 @@ DEFAULT_IMAGES = {
 }
 
 
+# Per family, two samples with different numbers of visual tokens: Qwen 12x12 vs 8x20 patch grids (36 vs 40 tokens),
+# LLaVA-1.5 one vs two images (64 vs 128), LLaVA-NeXT 64x64 vs 40x64 pixels (336 vs 234 with unpadding and newlines).
+MIXED_IMAGES = {
+    "qwen2_5_vl": [[(1, 12, 12)], [(1, 8, 20)]],
+    "qwen2_vl": [[(1, 12, 12)], [(1, 8, 20)]],
+    "llava": [[None], [None, None]],
+    "llava_next": [[(64, 64)], [(40, 64)]],
+}
+
+
 # The tiny decoder every family shares: 4 layers, GQA with 4 query heads over 2 KV heads.
 TINY_TEXT = dict(
     vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,

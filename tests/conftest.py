@@ -9,19 +9,11 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 import alvts
 from alvts.demo.build import build_config, build_processor, build_tokenizer
-from alvts.testing import FAMILIES, tiny_inputs, tiny_model
+from alvts.testing import FAMILIES, MIXED_IMAGES, tiny_inputs, tiny_model
 
 torch.set_num_threads(2)
 
-# Per family, a batch whose samples have different numbers of visual tokens:
-# Qwen2.5-VL / Qwen2-VL 12x12 vs 8x20 patch grids (36 vs 40 tokens), LLaVA-1.5 one vs two images (64 vs 128),
-# LLaVA-NeXT 64x64 vs 40x64 pixels (336 vs 234 tokens with unpadding and newline slots).
-BATCH_IMAGES = {
-    "qwen2_5_vl": [[(1, 12, 12)], [(1, 8, 20)]],
-    "qwen2_vl": [[(1, 12, 12)], [(1, 8, 20)]],
-    "llava": [[None], [None, None]],
-    "llava_next": [[(64, 64)], [(40, 64)]],
-}
+BATCH_IMAGES = MIXED_IMAGES  # per family, two samples with different visual token counts
 
 
 @pytest.fixture(params=FAMILIES)

@@ -23,20 +23,12 @@ from ..demo.tasks import EVAL_SEED
 from ..demo.training_data import held_out
 from ..evaluation.harness import generate_answers
 from ..evaluation.processor import load_processor
-from ..testing import FAMILIES, tiny_inputs, tiny_model
-
-# Two samples with different visual token counts per family (see alvts.testing.DEFAULT_IMAGES).
-DEMO_IMAGES = {
-    "qwen2_5_vl": [[(1, 12, 12)], [(1, 8, 20)]],
-    "qwen2_vl": [[(1, 12, 12)], [(1, 8, 20)]],
-    "llava": [[None], [None, None]],
-    "llava_next": [[(64, 64)], [(40, 64)]],
-}
+from ..testing import FAMILIES, MIXED_IMAGES, tiny_inputs, tiny_model
 
 
 def run(family: str, policy: str, keep: float, attn: str, new_tokens: int) -> None:
     model = tiny_model(family, attn)
-    batch = tiny_inputs(model, DEMO_IMAGES[family])
+    batch = tiny_inputs(model, MIXED_IMAGES[family])
     valid = batch["attention_mask"].bool()
     with torch.no_grad():
         stock = model(**batch).logits

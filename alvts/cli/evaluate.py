@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_methods(spec: str | None, pack: str | None, seed: int) -> dict[str, Policy | str]:
+@dataclass(frozen=True)
+class PackMethod:
+    """Method "alvts[-once][:uncovered=NAME]": the --pack's selector, loaded once the arguments are checked."""
+
+    once: bool = False
+    uncovered: str | None = None
+
+    def policy(self, pack: Any) -> Policy:
+        selector = pack.selector.with_uncovered(self.uncovered)
+        return SelectOncePolicy(selector) if self.once else selector
+
+
+def parse_methods(spec: str | None, pack: str | None, seed: int) -> dict[str, Policy | PackMethod]:
     """Method labels to policies, every option checked against the policy's declared settings: names from POLICIES
-    with `:key=value` options, "alvts" for the pack (a placeholder "alvts[:uncovered=NAME]" until the pack is
-    loaded). Raises ValueError for an unknown name or a bad option."""
+    with `:key=value` options, "alvts" for the pack (a `PackMethod` until the pack is loaded). Raises ValueError for
+    an unknown name or a bad option."""
     names = [m.strip() for m in spec.split(",")] if spec else [*(["alvts"] if pack else []), *BASELINES]
-    methods: dict[str, Policy | str] = {}
+    methods: dict[str, Policy | PackMethod] = {}
     for label in filter(None, names):
         name, *pairs = label.split(":")
         once, name = name.endswith("-once"), name.removesuffix("-once")
@@ -105,7 +118,7 @@ def parse_methods(spec: str | None, pack: str | None, seed: int) -> dict[str, Po
                 raise ValueError(f"method 'alvts' takes one option, uncovered=POLICY; got {sorted(options)}")
             if "uncovered" in options:
                 get_policy(options["uncovered"])  # a registered name
-            methods[label] = label
+            methods[label] = PackMethod(once, options.get("uncovered"))
             continue
         policy = build_policy(name, options, seed=seed)
         methods[label] = SelectOncePolicy(policy) if once else policy
@@ -131,18 +144,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _with_pack(methods: dict[str, Policy | str], pack: Any) -> dict[str, Policy | Any]:
-    """The "alvts[-once][:uncovered=NAME]" placeholders as the pack's selector."""
-    out = {}
-    for label, policy in methods.items():
-        if isinstance(policy, str):
-            name, _, option = policy.partition(":")
-            selector = pack.selector.with_uncovered(option.partition("=")[2] or None)
-            policy = SelectOncePolicy(selector) if name.endswith("-once") else selector
-        out[label] = policy
-    return out
-
-
 def run(args: argparse.Namespace) -> list[dict]:
     """Check the pack, the model's config against every method, and the data; then load the model, evaluate, print
     and write the results."""
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             pack = SelectorPack.from_pretrained(args.pack)
         except (OSError, ValueError) as err:
             raise CommandError(f"cannot load the selector pack {args.pack!r}: {err}") from None
-        methods = _with_pack(methods, pack)
+        methods = {label: m.policy(pack) if isinstance(m, PackMethod) else m for label, m in methods.items()}
     path = locate_model(args.model_id)
     config = load_checked_config(path, args.model_id, args.trust_remote_code)
     num_layers = config.get_text_config().num_hidden_layers

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 
+from ..compat import merged_rotary
 from ..evaluation.inputs import collate
 from ..routing.adapters import get_adapter
 from .build import IMAGE_SIZE, build_config, build_processor, build_tokenizer
@@ -75,7 +76,7 @@ def answer_attention(
     """(n, heads, keys) attention probabilities of the first `heads` heads of a Qwen2.5-VL attention layer at the
     (rows, positions) queries, as eager attention computes them from the layer's input. Training runs sdpa (eager's
     mask building alone triples the step time on CPU) and recomputes only the rows the guide loss needs."""
-    cos, sin = (part[rows].unsqueeze(2) for part in cos_sin)  # (n, keys, 1, head_dim)
+    cos, sin = (merged_rotary(part, attn)[rows].unsqueeze(2) for part in cos_sin)  # (n, keys, 1, head_dim)
     keys = hidden.shape[1]
     k = attn.k_proj(hidden[rows]).view(len(rows), keys, -1, attn.head_dim)
     k = (k * cos + rotate_half(k) * sin)[:, :, torch.arange(heads, device=k.device) // attn.num_key_value_groups]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..compat import merged_rotary
 from ..routing.policy import LayerInputs
 
 
@@ -44,7 +45,7 @@ def rotated_queries_keys(
     """The layer's fp32 queries and keys `(batch, heads, seq, head_dim)` with RoPE, keys repeated per query head."""
     b, seq, _ = normed.shape
     head_dim = attention.head_dim
-    cos, sin = (t.expand(b, -1, -1).float() for t in position_embeddings)
+    cos, sin = (merged_rotary(t, attention).expand(b, -1, -1).float() for t in position_embeddings)
     q = attention.q_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
     k = attention.k_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)

@@ -21,7 +21,14 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ..compat import GENERATE_MASK_METHOD, causal_mask, pass_2d_mask, skip_stock_mask, unused_static_cache_length
+from ..compat import (
+    GENERATE_MASK_METHOD,
+    causal_mask,
+    gather_rotary,
+    pass_2d_mask,
+    skip_stock_mask,
+    unused_static_cache_length,
+)
 from .adapters import FamilyAdapter
 from .budget import KeepSchedule
 from .cache import RoutedCache, RoutedStaticCache
@@ -267,7 +274,7 @@ class Router:
             keep = self._keep(layer_idx, layer, hidden_states, position_embeddings, call)
             idx, slot_valid = gather_plan(keep, plan.width)
             sub = _gather(hidden_states, idx)
-            position_embeddings = (_gather(cos.expand(batch, -1, -1), idx), _gather(sin.expand(batch, -1, -1), idx))
+            position_embeddings = (gather_rotary(cos, idx), gather_rotary(sin, idx))
             position_ids = None  # rotary already carries the true positions; ids with gaps would look "packed"
         if self.policy.needs_previous_hidden:
             call.previous_hidden = hidden_states

@@ -162,7 +162,8 @@ def test_default_methods_are_the_pack_then_every_baseline():
     assert cli.parse_methods("random", None, 5)["random"].seed == 5
     once = cli.parse_methods("oracle-once,alvts-once", "some/pack", 0)
     assert repr(once["oracle-once"]) == "SelectOncePolicy(OraclePolicy(chunk_size=512, score='v2v*t2v'))"
-    assert once["alvts-once"] == "alvts-once"
+    assert once["alvts-once"] == cli.PackMethod(once=True)
+    assert cli.parse_methods("alvts:uncovered=oracle", "p", 0)["alvts:uncovered=oracle"].uncovered == "oracle"
 
 
 def _bad_values(spec):

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
+from packaging.version import Version
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
@@ -54,19 +56,21 @@ def test_alias_names_the_packaged_folder():
 
 @needs_model
 def test_loads_offline_through_the_auto_classes():
+    # AutoImageProcessor builds the PIL processor without torchvision from transformers 5.19 (before, it refuses)
+    auto_image = is_torchvision_available() or Version(transformers.__version__) >= Version("5.19")
     code = (
         "from transformers import AutoModelForImageTextToText, AutoTokenizer, AutoImageProcessor\n"
         "import alvts, alvts.demo\n"
         "path = alvts.demo.DEMO_MODEL_PATH\n"
         "print(type(AutoModelForImageTextToText.from_pretrained(path)).__name__)\n"
-        "print(type(AutoImageProcessor.from_pretrained(path)).__name__, len(AutoTokenizer.from_pretrained(path)))\n"
-        "print(type(alvts.load_processor(path)).__name__)\n"
+        "print(type(alvts.load_processor(path)).__name__, len(AutoTokenizer.from_pretrained(path)))\n"
+        + ("print(type(AutoImageProcessor.from_pretrained(path)).__name__)\n" if auto_image else "")
     )
     out = subprocess.run([sys.executable, "-c", code], env=OFFLINE, capture_output=True, text=True, check=True)
     lines = out.stdout.split("\n")
     assert lines[0] == "Qwen2_5_VLForConditionalGeneration"
-    assert lines[1].startswith("Qwen2VLImageProcessor")
-    assert lines[2].endswith("Qwen2_5_VLProcessor")
+    assert lines[1].split()[0].endswith("Qwen2_5_VLProcessor")
+    assert not auto_image or lines[2].startswith("Qwen2VLImageProcessor")
 
 
 @needs_model

@@ -76,7 +76,7 @@ def test_routed_forward_equals_stock_layers_on_the_selected_tokens(family):
             idx = (~visual | selected[i])[0].nonzero().flatten()
             n = len(idx)
             causal = torch.full((n, n), float("-inf")).triu(1)[None, None]
-            sub = layer(h[:, idx], attention_mask=causal, position_embeddings=(cos[:, idx], sin[:, idx]))
+            sub = layer(h[:, idx], attention_mask=causal, position_embeddings=(cos[..., idx, :], sin[..., idx, :]))
             h = h.clone()
             h[:, idx] = sub
         logits = model.lm_head(lm.norm(h))
