@@ -63,3 +63,18 @@ def test_a_partial_selector_leaves_the_layers_it_does_not_cover_dense():
     assert alvts.get_router(model) is None
     with alvts.routed(model, _selector(model, layers=[2, 3]), keep=[1.0, 1.0, 0.25, 0.25]), torch.no_grad():
         model(**tiny_inputs(model))
+
+
+def test_select_once_over_a_partial_selector_scores_at_its_first_covered_layer():
+    """Wrapped selectors are checked like bare ones: `alvts-once` with a pack for layers 2-3 routes from layer 2 on
+    (it used to be accepted and raise KeyError inside the forward, at layer 0)."""
+    model = tiny_model("llava", "sdpa")
+    once = alvts.SelectOncePolicy(_selector(model, layers=[2, 3]))
+    with alvts.routed(model, once, keep=0.25), torch.no_grad():
+        model(**tiny_inputs(model))
+        state = alvts.routing_state(model)
+    n_visual = state.visual.sum(1)
+    assert state.visual_kept().tolist() == [n_visual.tolist()] * 2 + [(n_visual // 4).tolist()] * 2
+    assert torch.equal(state.selected[2], state.selected[3])  # selected once, kept after
+    with pytest.raises(ValueError, match=r"cannot score layers \[0, 1\]"):
+        alvts.apply(model, once, keep=[0.25] * 4)
