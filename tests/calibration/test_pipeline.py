@@ -161,7 +161,7 @@ def test_t2v_score_is_fitted_saved_and_routed(tmp_path):
         (dict(rank=2.5), "rank must be an integer >= 1, got 2.5"),
         (dict(default_keep=0), r"default_keep must be a number in \(0, 1\], got 0"),
         (dict(loss="l1"), r"loss must be one of 'mse\+kl', 'mse', got 'l1'"),
-        (dict(layers=[-1]), r"layers must be a list, got \[-1\]"),
+        (dict(layers=[-1]), r"layers must be a list of integers >= 0, got \[-1\]"),
         (dict(held_out_fraction=0.9), r"held_out_fraction must be a number in \(0, 0.5\], got 0.9"),
     ],
 )
