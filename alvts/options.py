@@ -11,7 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list of integers >= 0"}
+_KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list of integers >= 0",
+}
 
 
 @dataclass(frozen=True)

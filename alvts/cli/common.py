@@ -16,7 +16,6 @@ from .recipes import available_recipes
 
 DTYPES = ("bf16", "fp16", "fp32")
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # what a Hub model id looks like; anything else is a local path
-MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # no pickles, no other formats
 
 
 class CommandError(Exception):
@@ -36,8 +35,9 @@ def run_command(prog: str, job: Callable[[], Any], resume_hint: str | None = Non
 
 
 def locate_model(model_id: str) -> str:
-    """A local folder for `model_id`: the demo alias, a folder, or a Hub id from the HF cache or one download attempt
-    (a model that is nowhere fails in about a second, with a message that says how to get it)."""
+    """What to load `model_id` from: the demo alias's folder, a local folder, or a Hub id whose config is in the HF
+    cache or came in one download attempt (a model that is nowhere fails in about a second, with a message that says
+    how to get it; the weights download later, after every check)."""
     path = resolve_model_alias(model_id)
     if Path(path).exists():
         return path
@@ -49,7 +49,8 @@ def locate_model(model_id: str) -> str:
     from ..packs.hub import HubError, hub_snapshot
 
     try:
-        return str(hub_snapshot(path, MODEL_FILES))
+        hub_snapshot(path, ["config.json"])
+        return path
     except HubError as err:
         raise CommandError(
             f"Cannot load model {model_id!r}: {err} Gated or private models need `hf auth login` first; get the "
@@ -78,8 +79,8 @@ def load_checked_config(path: str, model_id: str, trust_remote_code: bool = Fals
 def load_model_and_processor(
     path: str, model_id: str, config: Any, device: str, dtype: str | None, trust_remote_code: bool = False
 ) -> tuple[Any, Any]:
-    """The processor, then the model (sdpa attention, eval mode) from the folder `locate_model` gave; device "auto"
-    is CUDA if available, spread by accelerate where it is installed."""
+    """The processor, then the model (sdpa attention, eval mode) from what `locate_model` gave; device "auto" is CUDA
+    if available, spread by accelerate where it is installed."""
     import torch
     from transformers import AutoModelForImageTextToText
     from transformers.utils import is_accelerate_available
