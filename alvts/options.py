@@ -134,12 +134,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
                 raise argparse.ArgumentTypeError(str(err)) from None
 
         default = defaults[name]
-        shown = "all" if default is None and spec.kind is list else default
+        values = "" if spec.kind is str and not spec.choices else spec.describe() + "; "
+        shown = ("all" if spec.kind is list else "unset") if default is None else default
         shown = f"{shown:.4g}" if isinstance(shown, float) else shown
         parser.add_argument(
             "--" + name.replace("_", "-"),
             type=parse,
             default=default,
             metavar=name.upper() if spec.choices is None else "{" + ",".join(spec.choices) + "}",
-            help=f"{spec.help} ({spec.describe()}; default: {shown})",
+            help=f"{spec.help} ({values}default: {shown})",
         )

@@ -16,7 +16,7 @@ from typing import Any
 from ..calibration.config import CalibrationConfig
 from ..options import add_arguments, settings_of
 from .common import CommandError, first_line, load_checked_config, load_model_and_processor, locate_model, run_command
-from .recipes import RECIPES_ENV, RUN_KEYS, available_recipes, load_recipe
+from .recipes import MODEL, RECIPES_ENV, CalibrationData, available_recipes, load_recipe
 
 PROG = "alvts-calibrate"
 
@@ -30,29 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and alvts's own).",
     )
     add = parser.add_argument
-    add("--model", required=True, help=RUN_KEYS["model"].help)
-    add("--dataset", help=RUN_KEYS["dataset"].help + " (default: the demo's task suite, offline)")
-    add("--split", default="train", help="dataset split (default: %(default)s)")
-    add("--image-column", default="image", help="column of images or image paths (default: %(default)s)")
-    add("--text-column", default="question", help="column of prompts, e.g. questions (default: %(default)s)")
-    add("--num-samples", type=_typed("num_samples"), default=256, help="calibration samples, >= 2 (default: 256)")
+    add("--model", required=True, help=MODEL.help)
+    add_arguments(parser, CalibrationData)
     add_arguments(parser, CalibrationConfig)
     add("--out", type=Path, help="output folder (default: selectors/<alias or model name>-r<rank>)")
     add("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: CUDA if available (default)")
-    add("--dtype", choices=RUN_KEYS["dtype"].choices, help="model weights dtype (default: bf16 on CUDA, fp32 on CPU)")
     add("--push-to-hub", metavar="REPO", help="also upload the pack to this Hub model repo")
     add("--trust-remote-code", action="store_true", help="allow model code from the Hub repo to run")
     return parser
-
-
-def _typed(key: str):
-    def parse(text: str) -> Any:
-        try:
-            return RUN_KEYS[key].parse("--" + key.replace("_", "-"), text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -10,24 +10,39 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..calibration.config import CalibrationConfig
-from ..options import Setting, settings_of
+from ..options import Setting, check_settings, setting, settings_of
 
 RECIPES_ENV = "ALVTS_RECIPES"
 PACKAGE_RECIPES = Path(__file__).parent / "recipes"
-# What a recipe says besides the calibration settings: the model and the data (each an `alvts-calibrate` flag).
-RUN_KEYS: dict[str, Setting] = {
-    "model": Setting(str, "recipe alias, 'demo', local model folder or Hub model id"),
-    "dataset": Setting(str, "Hub dataset id, or a local folder / .jsonl / .json / .parquet file"),
-    "split": Setting(str, "dataset split"),
-    "image_column": Setting(str, "column of images or image paths"),
-    "text_column": Setting(str, "column of prompts, e.g. questions"),
-    "num_samples": Setting(int, "calibration samples", low=2),
-    "dtype": Setting(str, "model weights dtype", choices=("bf16", "fp16", "fp32")),
-}
-RECIPE_KEYS: dict[str, Setting] = RUN_KEYS | settings_of(CalibrationConfig)
+MODEL = Setting(str, "recipe alias, 'demo', local model folder or Hub model id")
+
+
+@dataclass
+class CalibrationData:
+    """What a recipe says besides the calibration settings: the data and how the model loads (each a flag)."""
+
+    dataset: str | None = setting(
+        None, str, "Hub dataset id, or a local folder / .jsonl / .json / .parquet file; unset: the demo's task suite",
+        optional=True,
+    )  # fmt: skip
+    split: str = setting("train", str, "dataset split")
+    image_column: str = setting("image", str, "column of images or image paths")
+    text_column: str = setting("question", str, "column of prompts, e.g. questions")
+    num_samples: int = setting(256, int, "calibration samples", low=2)
+    dtype: str | None = setting(
+        None, str, "model weights dtype; unset: bf16 on CUDA, fp32 on CPU", choices=("bf16", "fp16", "fp32"),
+        optional=True,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+RECIPE_KEYS: dict[str, Setting] = {"model": MODEL} | settings_of(CalibrationData) | settings_of(CalibrationConfig)
 _ALIAS = re.compile(r"[A-Za-z0-9][\w.-]*")  # a bare name: paths and Hub ids ("org/name") are never aliases
 
 

@@ -157,7 +157,7 @@ def test_data_with_an_empty_image_column_is_refused_before_the_model(qwen_folder
         (["--rank", "4", "--layers", "3-1"], "invalid layer spec '3-1'"),
         (["--rank", "4", "--layers", "first"], "invalid layer spec 'first'"),
         (["--rank", "4", "--default-keep", "1.5"], r"--default-keep must be a number in \(0, 1\]"),
-        (["--rank", "4", "--dtype", "int8"], "invalid choice: 'int8'"),
+        (["--rank", "4", "--dtype", "int8"], "--dtype must be one of 'bf16', 'fp16', 'fp32', got 'int8'"),
     ],
 )
 def test_bad_arguments_are_refused(argv, message, capsys, no_model):
