@@ -95,6 +95,12 @@ def setting(default: Any = dataclasses.MISSING, kind: type = int, help: str = ""
     return dataclasses.field(default=default, metadata=meta)
 
 
+def same_as(spec: Setting, default: Any, help: str | None = None) -> Any:
+    """A dataclass field with an existing `Setting` (same type and range), so a concept such as a keep ratio is
+    declared once: `default_keep: float = same_as(KEEP, 1 / 9, "the pack's default keep ratio")`."""
+    return dataclasses.field(default=default, metadata={"setting": dataclasses.replace(spec, help=help or spec.help)})
+
+
 def settings_of(cls_or_obj: Any) -> dict[str, Setting]:
     """The declared settings of a dataclass (fields without a `Setting` are not settings)."""
     fields = dataclasses.fields(cls_or_obj) if dataclasses.is_dataclass(cls_or_obj) else ()

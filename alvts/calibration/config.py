@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..options import check_settings, setting
+from ..options import check_settings, same_as, setting
 from ..policies import SCORES
+from ..routing.budget import KEEP
 
 LOSSES = ("mse+kl", "mse")
 INITS = ("whitened", "svd")
@@ -33,7 +34,7 @@ class CalibrationConfig:
     layers: list[int] | None = setting(
         None, list, "decoder layers to fit: 'all' or e.g. '0-3,6'", parse_text=parse_layers, optional=True
     )
-    default_keep: float = setting(1 / 9, float, "the pack's default keep ratio", above=0, high=1)
+    default_keep: float = same_as(KEEP, 1 / 9, "the pack's default keep ratio")
     stage_b_steps: int = setting(300, int, "refinement steps per layer, 0 to skip", low=0)
     stage_b_lr: float = setting(1e-2, float, "refinement learning rate", above=0)
     loss: str = setting("mse+kl", str, "refinement loss; mse is the paper's alone", choices=LOSSES)
