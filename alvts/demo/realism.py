@@ -39,8 +39,9 @@ from .training_data import conversation, held_out
 
 @torch.no_grad()
 def oracle_sets(model, inputs: dict[str, torch.Tensor], keep: float) -> torch.Tensor:
-    """`(layers, seq)` bool: the top `max(1, floor(keep * N))` visual tokens of each layer by the exact-attention
-    importance, in the stock model (every token through every layer) for one single-sample input."""
+    """`(layers, N)` bool over the input's N visual tokens, in order: the top `max(1, floor(keep * N))` of each
+    layer by the exact-attention importance, in the stock model (every token through every layer) for one
+    single-sample input. Indexed by visual token, so two prompts about one image compare token by token."""
     adapter = get_adapter(model)
     layers = adapter.decoder_layers(model)
     visual = adapter.visual_mask(model, inputs)
@@ -61,9 +62,10 @@ def oracle_sets(model, inputs: dict[str, torch.Tensor], keep: float) -> torch.Te
     finally:
         for handle in handles:
             handle.remove()
-    k = max(1, int(visual.sum() * keep + 1e-6))
-    top = torch.stack(scores).topk(k, dim=-1).indices
-    return torch.zeros(len(layers), visual.shape[1], dtype=torch.bool, device=top.device).scatter(1, top, True)
+    visual_scores = torch.stack(scores)[:, visual[0] & valid[0]]
+    k = max(1, int(visual_scores.shape[1] * keep + 1e-6))
+    top = visual_scores.topk(k, dim=-1).indices
+    return torch.zeros_like(visual_scores, dtype=torch.bool).scatter(1, top, True)
 
 
 def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -23,11 +23,11 @@ def test_oracle_sets_hold_k_visual_tokens_per_layer_and_match_the_routed_oracle_
     visual = inputs["input_ids"][0] == model.config.image_token_id
     sets = oracle_sets(model, inputs, keep=0.25)
     k = int(visual.sum()) // 4
-    assert sets.shape == (4, visual.shape[0]) and sets.sum(1).tolist() == [k] * 4
-    assert not (sets & ~visual).any()
+    assert sets.shape == (4, int(visual.sum())) and sets.sum(1).tolist() == [k] * 4
     with alvts.routed(model, "oracle", keep=0.25), torch.no_grad():
         model(**inputs)
-        assert torch.equal(alvts.routing_state(model).selected[0][0], sets[0])  # layer 0 sees the same input
+        routed_layer_0 = alvts.routing_state(model).selected[0][0][visual]
+    assert torch.equal(routed_layer_0, sets[0])  # layer 0 sees the same input routed or not
 
 
 def test_overlaps_and_thirds():
