@@ -1,0 +1,168 @@
+"""Go/no-go table for a trained testbed: held-out accuracy per task at full tokens, per-layer exact-attention oracle
+at keep 0.11 and per-layer random at keep 0.11 (every decoder layer routed), with n, 95% Wilson intervals and the
+ratio to full; plus, per layer, how often the oracle kept the tokens that hold the answer (chance: the keep ratio).
+
+    python -m alvts.demo.testbed.gonogo /tmp/testbed/run --num-per-task 100 [--tasks lookup,reading]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText
+
+from ...api import routed
+from ...evaluation.harness import generate_answers
+from ...evaluation.inputs import prompt_text
+from ...evaluation.processor import load_processor
+from ...evaluation.scoring import normalise
+from ...policies import OraclePolicy, RandomPolicy
+from ...routing.policy import LayerInputs
+from ..tasks import EVAL_SEED, Example
+from ..training_data import _digit_centres, centre_token, held_out
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class RecordingOracle(OraclePolicy):
+    """The oracle, recording each routed layer's top-k visual indices (visual order) at prefill."""
+
+    name = "recording-oracle"
+    k: int = 28
+    chosen: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+    def scores(self, inputs: LayerInputs) -> torch.Tensor:
+        scores = super().scores(inputs)
+        visual = scores[inputs.visual].view(scores.shape[0], -1)  # every sample has the same 256 visual tokens
+        self.chosen.setdefault(inputs.layer_idx, []).append(visual.topk(self.k, dim=1).indices)
+        return scores
+
+
+def answer_tokens(example: Example) -> list[int]:
+    """Visual tokens (raster index) that hold the answer: the asked shape's centre, or every digit's centre."""
+    size = example.image.size[0]
+    if example.task == "reading":
+        return [centre_token(point, size) for point in _digit_centres(example.scene)]
+    if example.task == "lookup":
+        query = example.scene["query"]
+        obj = next(o for o in example.scene["objects"] if (o["row"], o["col"]) == (query["row"], query["col"]))
+        return [centre_token(obj["centre"], size)]
+    if example.task == "counting":
+        colour = example.scene["query"]["colour"]
+        return [centre_token(o["centre"], size) for o in example.scene["objects"] if o["colour"] == colour]
+    return []
+
+
+def run(
+    model_path: str, tasks: tuple[str, ...], num_per_task: int, keep: float, batch_size: int, dense_first: int = 0
+) -> dict:
+    """Accuracy per task and condition, the oracle's per-layer recall of the answer tokens and the visual tokens'
+    norm at each decoder layer's input; with dense_first, also oracle and random with that many dense first layers."""
+    model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
+    processor = load_processor(model_path)
+    examples = held_out(num_per_task, EVAL_SEED, tasks)
+    images, questions = [e.image for e in examples], [e.question for e in examples]
+    visual = (processor.image_processor.crop_size["height"] // model.config.vision_config.patch_size) ** 2
+    oracle = RecordingOracle(k=max(1, math.floor(keep * visual)))
+    conditions = {"full": None, f"oracle@{keep}": (oracle, keep), f"random@{keep}": (RandomPolicy(0), keep)}
+    if dense_first:
+        schedule = [1.0] * dense_first + [keep] * (model.config.text_config.num_hidden_layers - dense_first)
+        conditions |= {
+            f"oracle d{dense_first}": (OraclePolicy(), schedule),
+            f"random d{dense_first}": (RandomPolicy(0), schedule),
+        }
+    table: dict = {"model": model_path, "num_per_task": num_per_task, "keep": keep, "rows": {}}
+    for name, condition in conditions.items():
+        started = time.perf_counter()
+        with torch.no_grad(), routed(model, *condition) if condition is not None else torch.no_grad():
+            predictions = generate_answers(model, processor, images, questions, batch_size)
+        row = {}
+        for task in tasks:
+            hits = [normalise(p) == normalise(e.answer) for p, e in zip(predictions, examples, strict=True)
+                    if e.task == task]  # fmt: skip
+            row[task] = {"acc": sum(hits) / len(hits), "n": len(hits), "ci": wilson(sum(hits), len(hits))}
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        row["samples"] = [p for p, _ in zip(predictions, range(6), strict=False)]
+        table["rows"][name] = row
+        print(name, json.dumps(row), flush=True)
+    recall: dict = {task: [] for task in tasks}
+    for layer in sorted(oracle.chosen):
+        chosen = torch.cat(oracle.chosen[layer])
+        for task in tasks:
+            kept = [
+                sum(t in set(chosen[i].tolist()) for t in answer_tokens(e)) / max(1, len(answer_tokens(e)))
+                for i, e in enumerate(examples)
+                if e.task == task
+            ]
+            recall[task].append(round(sum(kept) / len(kept), 3))
+    table["answer_token_recall_by_layer"] = recall
+    layers = sorted(oracle.chosen)
+    sets = {layer: torch.cat(oracle.chosen[layer]) for layer in layers}
+    jaccard = []
+    for a, b in zip(layers, layers[4:], strict=False):
+        pairs = [(set(x.tolist()), set(y.tolist())) for x, y in zip(sets[a], sets[b], strict=True)]
+        jaccard.append(round(sum(len(x & y) / len(x | y) for x, y in pairs) / len(pairs), 3))
+    table["jaccard_l_l_plus_4"] = jaccard
+    inputs = processor(
+        images=images[:10], text=[prompt_text(processor, q) for q in questions[:10]], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        states = model(**inputs, output_hidden_states=True).hidden_states
+    image = inputs["input_ids"] == model.config.image_token_id
+    table["visual_norm_by_layer_input"] = [round(h[image].norm(dim=-1).mean().item(), 1) for h in states]
+    return table
+
+
+def print_table(table: dict, tasks: tuple[str, ...]) -> None:
+    """One line per condition and task: accuracy, n, Wilson interval, ratio to full."""
+    full = table["rows"]["full"]
+    print(f"{'condition':<14}{'task':<10}{'acc':>6}{'n':>5}{'95% Wilson':>16}{'/ full':>8}")
+    for name, row in table["rows"].items():
+        for task in tasks:
+            cell = row[task]
+            ratio = cell["acc"] / full[task]["acc"] if full[task]["acc"] else float("nan")
+            lo, hi = cell["ci"]
+            print(f"{name:<14}{task:<10}{cell['acc']:>6.2f}{cell['n']:>5}   [{lo:.2f}, {hi:.2f}]{ratio:>8.2f}")
+    for task, values in table["answer_token_recall_by_layer"].items():
+        print(f"oracle recall of {task} answer tokens by layer (chance {table['keep']}): {values}")
+    print(f"oracle Jaccard layer l vs l+4 (mean over questions): {table['jaccard_l_l_plus_4']}")
+    print(f"visual tokens' mean norm at each layer's input (full tokens): {table['visual_norm_by_layer_input']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
+    parser.add_argument("--num-per-task", type=int, default=100)
+    parser.add_argument("--keep", type=float, default=0.11)
+    parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--dense-first", type=int, default=0, help="also route with this many dense first layers")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the table here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    table = run(args.model, args.tasks, args.num_per_task, args.keep, args.batch_size, args.dense_first)
+    print_table(table, args.tasks)
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
+
+    python -m alvts.demo.testbed.train --out /tmp/testbed/run --steps 1500 [--guide-layer 6 --guide-heads 1]
+
+Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
+it holds, its row, column, digit order and lookup grid cell; optionally what the question asks (`FIELDS`) at each
+answer position from one decoder layer's output; optionally the attention of the first `--guide-heads` heads of ONE
+decoder layer at the answer positions, pulled toward `answer_guides`' first target. Every other head is free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from transformers import LlavaForConditionalGeneration
+from transformers.models.llama.modeling_llama import rotate_half
+
+from ...evaluation.inputs import collate
+from ...routing.adapters import get_adapter
+from ..tasks import EVAL_SEED
+from ..tasks.geometry import MARGIN
+from ..tasks.scenes import GRID
+from ..train import exact_match, per_example_loss, save
+from ..training_data import (
+    ANSWER_END,
+    FIELDS,
+    GUIDES,
+    MAX_DIGITS,
+    NUM_CENTRE_CLASSES,
+    NUM_COLOUR_CLASSES,
+    TrainingStream,
+    encode_conversation,
+    held_out,
+)
+from .build import SINK_TOKEN, build_config, build_processor
+
+AUX_NAMES = ("token_loss", "field_loss", "attention_loss", "anchor")
+SIDE = 16  # visual tokens per image side
+PROBE_SEED = EVAL_SEED + 1  # progress checks; gonogo uses EVAL_SEED
+GRID_TASKS = ("lookup", "relation")
+# column splits of the dense targets: token_targets' colour, centre, row, column, digit order; then grid row, col
+SPLITS = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, SIDE, SIDE, MAX_DIGITS + 1, GRID + 1, GRID + 1)
+
+
+def grid_cells() -> torch.Tensor:
+    """(SIDE * SIDE, 2) long: the 1-based lookup grid row and column each visual token's centre lies in (0: none)."""
+    cell = (1 - 2 * MARGIN) / GRID
+    centres = (torch.arange(SIDE) + 0.5) / SIDE
+    index = ((centres - MARGIN) / cell).floor().long()
+    index = torch.where((index >= 0) & (index < GRID), index + 1, 0)
+    row, col = torch.meshgrid(index, index, indexing="ij")
+    return torch.stack([row.flatten(), col.flatten()], -1)
+
+
+def answer_attention(
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    cos_sin: tuple[torch.Tensor, torch.Tensor],
+    padding: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """(n, heads, keys) attention probabilities of the first `heads` heads of a Llama attention layer at the
+    (rows, positions) queries, recomputed from the layer's input as eager attention would (training runs sdpa)."""
+    batch, keys = hidden.shape[:2]
+    cos, sin = (part.expand(batch, -1, -1)[rows].unsqueeze(2) for part in cos_sin)  # (n, keys, 1, head_dim)
+    k = attn.k_proj(hidden[rows]).view(len(rows), keys, -1, attn.head_dim)
+    k = (k * cos + rotate_half(k) * sin)[:, :, torch.arange(heads) // attn.num_key_value_groups]
+    at = torch.arange(len(rows)), positions
+    q = attn.q_proj(hidden[rows, positions]).view(len(rows), -1, attn.head_dim)[:, :heads]
+    q = q * cos[at] + rotate_half(q) * sin[at]
+    scores = torch.einsum("nhd,nkhd->nhk", q, k) * attn.scaling
+    allowed = (torch.arange(keys) <= positions[:, None]) & padding[rows].bool()
+    return scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+
+
+def train(args: argparse.Namespace) -> None:
+    """Train, probe every --probe-every steps (teacher-forced exact match), save to --out."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    if args.init_from:  # a second stage: an earlier run's weights, fresh optimizer, schedule and training heads
+        model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32).train()
+        config = model.config
+    else:
+        config = build_config(processor, hidden=args.hidden, layers=args.layers)
+        model = LlavaForConditionalGeneration(config).train()
+    hidden = config.text_config.hidden_size
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+
+    adapter, pad_id = get_adapter(model), tokenizer.pad_token_id
+    probe_examples = held_out(args.probe_per_task, PROBE_SEED, args.tasks)
+    probe = collate([encode_conversation(processor, e.image, [(e.question, e.answer)]) for e in probe_examples],
+                    pad_id, adapter)  # fmt: skip
+    probe_tasks = [e.task for e in probe_examples]
+    stream = TrainingStream(processor, args.tasks, turns=args.turns)
+    loader = DataLoader(
+        stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
+        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
+        worker_init_fn=lambda _: torch.set_num_threads(1),
+    )  # fmt: skip
+
+    captured: dict = {}
+    model.model.multi_modal_projector.register_forward_hook(lambda m, a, output: captured.update(visual=output))
+    layers = model.model.language_model.layers
+    token_head = torch.nn.Linear(hidden, sum(SPLITS))
+    field_head = torch.nn.Linear(hidden, sum(FIELDS.values()))
+    deep_head = torch.nn.Linear(hidden, sum(SPLITS))
+    if args.dense_layer >= 0:  # the same per-token targets on the visual tokens entering this decoder layer
+        layers[args.dense_layer].register_forward_pre_hook(
+            lambda m, a, kw: captured.update(deep=kw.get("hidden_states", a[0] if a else None)), with_kwargs=True
+        )
+    if args.field_layer >= 0:
+        layers[args.field_layer].register_forward_hook(
+            lambda m, a, output: captured.update(fields=output[0] if isinstance(output, tuple) else output)
+        )
+    if args.guide_layer >= 0:
+        layers[args.guide_layer].self_attn.register_forward_hook(
+            lambda m, a, kw, output: captured.update(guide=(kw["hidden_states"], kw["position_embeddings"])),
+            with_kwargs=True,
+        )
+    end_id, sink_id = tokenizer.convert_tokens_to_ids(ANSWER_END), tokenizer.convert_tokens_to_ids(SINK_TOKEN)
+    cells = grid_cells()
+    if args.anchor_weight > 0:  # every layer's input, for the drift of the visual tokens from the projector output
+        for index, layer in enumerate(layers):
+            layer.register_forward_pre_hook(
+                lambda m, a, kw, i=index: captured.update({("input", i): kw.get("hidden_states", a[0] if a else None)}),
+                with_kwargs=True,
+            )
+    heads = (token_head, field_head, deep_head)
+    parameters = [*model.parameters(), *(p for head in heads for p in head.parameters())]
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
+
+    def dense_loss(tasks: list[str], targets: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Per-visual-token cross-entropies on the projector output (and --dense-layer's input)."""
+        grid = torch.cat([cells if task in GRID_TASKS else torch.full_like(cells, -100) for task in tasks])
+        targets = torch.cat([targets[:, :5], grid], 1)
+        loss = token_loss(token_head, captured["visual"].reshape(-1, hidden), targets)
+        if args.dense_layer >= 0:
+            loss = loss + token_loss(deep_head, captured["deep"][image], targets)
+        return loss
+
+    def token_loss(head: torch.nn.Linear, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy per target column; centres and digit orders also averaged over the few tokens that have
+        one (else "none" swamps them)."""
+        parts = head(F.rms_norm(features, (hidden,))).split(SPLITS, 1)
+        loss = sum(F.cross_entropy(p, targets[:, i]) for i, p in enumerate(parts) if (targets[:, i] >= 0).any())
+        for i in (1, 4):
+            marked = targets[:, i] > 0
+            if marked.any():
+                loss = loss + F.cross_entropy(parts[i][marked], targets[marked, i])
+        return loss
+
+    def anchor_loss(image: torch.Tensor) -> torch.Tensor:
+        """Mean over layers 1.. of the visual tokens' squared drift from the projector output, relative to its norm:
+        small drift means a token that skips layers stays close to one that went through them."""
+        if args.anchor_weight <= 0:
+            return torch.zeros(())
+        start = captured["visual"].reshape(-1, hidden)
+        drifts = [
+            ((captured["input", i][image] - start) ** 2).sum(-1) / (start**2).sum(-1).clamp_min(1e-6)
+            for i in range(1, len(layers))
+        ]
+        return torch.stack(drifts).mean()
+
+    def guide_losses(guides: dict, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(question-field loss, attention loss) at the positions that predict each answer token (end excluded)."""
+        answer = (labels != -100) & (labels != end_id)
+        rows, positions = answer.nonzero(as_tuple=True)
+        positions = positions - 1
+        field_loss = attention_loss = torch.zeros(())
+        if args.field_layer >= 0:
+            logits = field_head(F.rms_norm(captured["fields"][rows, positions], (hidden,))).split(
+                tuple(FIELDS.values()), 1
+            )
+            fields = guides["fields"]
+            field_loss = sum(
+                (F.cross_entropy(lg, fields[:, i]) for i, lg in enumerate(logits) if (fields[:, i] >= 0).any()),
+                field_loss,
+            )
+        if args.guide_layer >= 0:
+            ids = batch["input_ids"][rows]
+            sink = (ids == sink_id).int().argmax(1, keepdim=True)
+            keys = torch.cat([sink, (ids == config.image_token_id).nonzero()[:, 1].view(len(rows), -1)], 1)
+            states, cos_sin = captured["guide"]
+            attention = answer_attention(
+                layers[args.guide_layer].self_attn, states, cos_sin, batch["attention_mask"], rows, positions,
+                args.guide_heads,
+            )  # fmt: skip
+            probs = attention.gather(2, keys[:, None].expand(-1, args.guide_heads, -1))
+            target = guides["first_attention"]
+            has = target.sum(1) > 0
+            if has.any():
+                attention_loss = -(target[:, None] * torch.log(probs + 1e-12)).sum(2).mean(1)[has].mean()
+        return field_loss, attention_loss
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    log, window, started = [], [], time.perf_counter()
+    for step, items in zip(range(args.steps), loader, strict=False):
+        tasks = [item.pop("task") for item in items]
+        targets = torch.cat([item.pop("token_targets") for item in items])
+        guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES}
+        batch = collate(items, pad_id, adapter)
+        labels = batch.pop("labels")
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss_sum, counts = per_example_loss(model(**batch).logits, labels)
+        loss = loss_sum.sum() / counts.sum()
+        dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
+        field_loss, attention_loss = guide_losses(guides, batch, labels)
+        anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
+        optimizer.zero_grad(set_to_none=True)
+        total = loss + args.aux_weight * (dense + field_loss) + args.guide_weight * attention_loss
+        (total + args.anchor_weight * anchor).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        window.append((tasks, (loss_sum / counts).detach(), torch.stack([dense, field_loss, attention_loss, anchor])))
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            by_task: dict[str, list[float]] = {}
+            for step_tasks, per_example, _ in window:
+                for task, value in zip(step_tasks, per_example.tolist(), strict=True):
+                    by_task.setdefault(task, []).append(value)
+            aux = torch.stack([a for *_, a in window]).mean(0).tolist()
+            row = {
+                "step": step + 1, "seconds": round(time.perf_counter() - started, 1), "lr": lr_at(step),
+                "loss_by_task": {t: round(sum(v) / len(v), 4) for t, v in by_task.items()},
+                **dict(zip(AUX_NAMES, (round(a, 4) for a in aux), strict=True)),
+            }  # fmt: skip
+            if (step + 1) % args.probe_every == 0 or step + 1 == args.steps:
+                model.eval()
+                hits = exact_match(model, probe).tolist()
+                save(model, processor, out)
+                model.train()
+                row["probe"] = {
+                    t: sum(h for h, pt in zip(hits, probe_tasks, strict=True) if pt == t) / args.probe_per_task
+                    for t in args.tasks
+                }
+            log.append(row)
+            window = []
+            print(json.dumps(row), flush=True)
+    elapsed = time.perf_counter() - started
+    save(model.eval(), processor, out)
+    summary = {"args": vars(args), "train_seconds": round(elapsed, 1), "torch": torch.__version__, "log": log}
+    (out / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(f"trained {args.steps} steps in {elapsed / 60:.1f} min; saved to {out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-from", help="start from this checkpoint's weights (a second stage)")
+    parser.add_argument("--dense-layer", type=int, default=-1, help="per-token targets also here")
+    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
+    parser.add_argument("--turns", type=int, default=6, help="questions per training image (lookup; reading has 1)")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--field-layer", type=int, default=2, help="layer taught what the question asks (-1: none)")
+    parser.add_argument("--guide-layer", type=int, default=6, help="the one guided decoder layer (-1: none)")
+    parser.add_argument("--guide-heads", type=int, default=1, help="guided heads of that layer (the first ones)")
+    parser.add_argument("--aux-weight", type=float, default=1.0)
+    parser.add_argument("--guide-weight", type=float, default=1.0)
+    parser.add_argument("--anchor-weight", type=float, default=0.0, help="weight of the visual tokens' drift loss")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--probe-every", type=int, default=100)
+    parser.add_argument("--probe-per-task", type=int, default=20)
+    train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
