@@ -34,14 +34,22 @@ ROW_KEYS = {
 }
 
 
+def _load(folder):
+    path = str(folder)
+    return load_model_and_processor(path, path, load_checked_config(path, path), "cpu", "fp32")
+
+
+def _fit_pack(folder, out, **settings):
+    """A small pack for the random-weight Qwen folder, fitted on 4 task-suite prompts."""
+    model, processor = _load(folder)
+    samples = [encode_example(processor, image, text) for image, text in suite_calibration_rows(4)]
+    calibrate(model, samples, CalibrationConfig(rank=4, stage_b_steps=3, **settings), out, base_model=str(folder))
+    return out
+
+
 @pytest.fixture(scope="module")
 def pack_folder(qwen_folder, tmp_path_factory):
-    path = str(qwen_folder)
-    model, processor = load_model_and_processor(path, path, load_checked_config(path, path), "cpu", "fp32")
-    samples = [encode_example(processor, image, text) for image, text in suite_calibration_rows(4)]
-    out = tmp_path_factory.mktemp("pack")
-    calibrate(model, samples, CalibrationConfig(rank=4, stage_b_steps=3), out, base_model=str(qwen_folder))
-    return out
+    return _fit_pack(qwen_folder, tmp_path_factory.mktemp("pack"))
 
 
 @pytest.fixture
@@ -91,12 +99,7 @@ def test_end_to_end_writes_json_and_png(qwen_folder, pack_folder, tmp_path, caps
 @pytest.fixture(scope="module")
 def partial_pack(qwen_folder, tmp_path_factory):
     """A pack fitted on layers 0-1 only (`alvts-calibrate --layers 0-1`)."""
-    path = str(qwen_folder)
-    model, processor = load_model_and_processor(path, path, load_checked_config(path, path), "cpu", "fp32")
-    samples = [encode_example(processor, image, text) for image, text in suite_calibration_rows(4)]
-    out = tmp_path_factory.mktemp("partial")
-    calibrate(model, samples, CalibrationConfig(rank=4, layers=[0, 1], stage_b_steps=3), out, base_model=path)
-    return out
+    return _fit_pack(qwen_folder, tmp_path_factory.mktemp("partial"), layers=[0, 1])
 
 
 def test_a_partial_pack_scores_at_every_keep_with_its_uncovered_layers_dense(qwen_folder, partial_pack, tmp_path):
@@ -111,8 +114,7 @@ def test_a_partial_pack_scores_at_every_keep_with_its_uncovered_layers_dense(qwe
     assert rows["alvts-once"]["visual_fraction"] == pytest.approx(0.625, abs=2 / 256)
     assert rows["alvts:uncovered=oracle"]["visual_fraction"] == pytest.approx(0.25, abs=2 / 256)
     # the same schedule through the Python API
-    path = str(qwen_folder)
-    model, _ = load_model_and_processor(path, path, load_checked_config(path, path), "cpu", "fp32")
+    model, _ = _load(qwen_folder)
     schedule = alvts.api.plan_budget(alvts.resolve_policy(str(partial_pack), model), 4, 0.25)
     assert schedule.ratios == (0.25, 0.25, 1.0, 1.0)
 
