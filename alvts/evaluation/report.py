@@ -98,7 +98,7 @@ def accuracy_figure(rows: Sequence[dict], title: str = "", columns: int = 3):
     figure, axes = plt.subplots(
         grid_rows, columns, figsize=(3.4 * columns + 2.2, 3.0 * grid_rows), squeeze=False, sharex=True, sharey=True
     )
-    methods = list(dict.fromkeys(row["method"] for row in rows if row["method"] != "full"))
+    methods = list(dict.fromkeys(row["method"] for row in rows if row["method"] != "full" and "note" not in row))
     colours = {method: plt.cm.tab10(i % 10) for i, method in enumerate(methods)}
     for ax, task in zip(axes.flat, tasks, strict=False):
         scored = [row for row in rows if row["task"] == task and "note" not in row]
