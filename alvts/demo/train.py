@@ -73,11 +73,12 @@ def answer_attention(
     positions: torch.Tensor,
     heads: int,
 ) -> torch.Tensor:
-    """(n, heads, keys) attention probabilities of the first `heads` heads of a Qwen2.5-VL attention layer at the
-    (rows, positions) queries, as eager attention computes them from the layer's input. Training runs sdpa (eager's
-    mask building alone triples the step time on CPU) and recomputes only the rows the guide loss needs."""
-    cos, sin = (merged_rotary(part, attn)[rows].unsqueeze(2) for part in cos_sin)  # (n, keys, 1, head_dim)
-    keys = hidden.shape[1]
+    """(n, heads, keys) attention probabilities of the first `heads` heads of a Qwen2.5-VL or Llama attention layer
+    at the (rows, positions) queries, as eager attention computes them from the layer's input. Training runs sdpa
+    (eager's mask building alone triples the step time on CPU) and recomputes only the rows the guide loss needs."""
+    batch, keys = hidden.shape[:2]
+    # (n, keys, 1, head_dim); Llama shares one table across the batch, Qwen has one per sample
+    cos, sin = (merged_rotary(part, attn).expand(batch, -1, -1)[rows].unsqueeze(2) for part in cos_sin)
     k = attn.k_proj(hidden[rows]).view(len(rows), keys, -1, attn.head_dim)
     k = (k * cos + rotate_half(k) * sin)[:, :, torch.arange(heads, device=k.device) // attn.num_key_value_groups]
     at = torch.arange(len(rows), device=k.device), positions

@@ -20,14 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import LlavaForConditionalGeneration
-from transformers.models.llama.modeling_llama import rotate_half
 
 from ...evaluation.inputs import collate
 from ...routing.adapters import get_adapter
 from ..tasks import EVAL_SEED
 from ..tasks.geometry import MARGIN
 from ..tasks.scenes import GRID
-from ..train import exact_match, per_example_loss, save
+from ..train import answer_attention, exact_match, per_example_loss, save
 from ..training_data import (
     ANSWER_END,
     FIELDS,
@@ -57,29 +56,6 @@ def grid_cells() -> torch.Tensor:
     index = torch.where((index >= 0) & (index < GRID), index + 1, 0)
     row, col = torch.meshgrid(index, index, indexing="ij")
     return torch.stack([row.flatten(), col.flatten()], -1)
-
-
-def answer_attention(
-    attn: torch.nn.Module,
-    hidden: torch.Tensor,
-    cos_sin: tuple[torch.Tensor, torch.Tensor],
-    padding: torch.Tensor,
-    rows: torch.Tensor,
-    positions: torch.Tensor,
-    heads: int,
-) -> torch.Tensor:
-    """(n, heads, keys) attention probabilities of the first `heads` heads of a Llama attention layer at the
-    (rows, positions) queries, recomputed from the layer's input as eager attention would (training runs sdpa)."""
-    batch, keys = hidden.shape[:2]
-    cos, sin = (part.expand(batch, -1, -1)[rows].unsqueeze(2) for part in cos_sin)  # (n, keys, 1, head_dim)
-    k = attn.k_proj(hidden[rows]).view(len(rows), keys, -1, attn.head_dim)
-    k = (k * cos + rotate_half(k) * sin)[:, :, torch.arange(heads) // attn.num_key_value_groups]
-    at = torch.arange(len(rows)), positions
-    q = attn.q_proj(hidden[rows, positions]).view(len(rows), -1, attn.head_dim)[:, :heads]
-    q = q * cos[at] + rotate_half(q) * sin[at]
-    scores = torch.einsum("nhd,nkhd->nhk", q, k) * attn.scaling
-    allowed = (torch.arange(keys) <= positions[:, None]) & padding[rows].bool()
-    return scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
 
 
 def train(args: argparse.Namespace) -> None:
