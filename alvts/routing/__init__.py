@@ -15,8 +15,7 @@ _WHERE = {
     "RoutedStaticCache": ".cache",
     "Router": ".core",
     "RoutingState": ".core",
-    "gather_plan": ".core",
-    "top_k_mask": ".core",
+    "select_slots": ".core",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 __all__ = ["LayerInputs", "Policy", *_WHERE]

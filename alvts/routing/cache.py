@@ -16,15 +16,18 @@ from transformers import DynamicCache, StaticCache
 class RoutedCache(DynamicCache):
     """`DynamicCache` with a logical sequence length and, per layer, the logical position of every stored key.
 
-    `key_positions[i]` is a `(batch, physical_len_i)` long tensor: the column of the (padded) input sequence each
-    key came from, or -1 for a padding slot that holds no token. A key is valid iff its position is >= 0.
+    `key_positions(i)` is a `(batch, physical_len_i)` long tensor: the column of the (padded) input sequence each
+    key came from, or -1 for a padding slot that holds no token. A key is valid iff its position is >= 0. Calls whose
+    keys are all valid and in order (every decoding step of an unpadded batch) are recorded as a count, and the
+    tensor is built only when something reads it.
     """
 
     def __init__(self, config=None):
         super().__init__(config=config)
         self.logical_len = 0
-        self.key_positions: dict[int, torch.Tensor] = {}
-        self.padded: set[int] = set()  # layers holding a padding slot: their masks cannot be plain causal
+        self._pieces: dict[int, list[torch.Tensor | tuple[int, int]]] = {}  # tensors, or (first, count) runs
+        self._valid: dict[int, torch.Tensor] = {}  # layers that hold a padding slot: their key validity, kept current
+        self._ones: dict[tuple, torch.Tensor] = {}
 
     # -- lengths -----------------------------------------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -44,10 +47,27 @@ class RoutedCache(DynamicCache):
     def physical_lengths(self) -> list[int]:
         return [self.physical_length(i) for i in range(len(self.layers))]
 
+    def key_positions(self, layer_idx: int) -> torch.Tensor | None:
+        """`(batch, physical_len)` logical position of each stored key (-1: padding); None before the first update."""
+        pieces = self._pieces.get(layer_idx)
+        if pieces is None:
+            return None
+        if len(pieces) > 1 or not isinstance(pieces[0], torch.Tensor):
+            keys = self.layers[layer_idx].keys
+            batch, device = keys.shape[0], keys.device
+            pieces[:] = [torch.cat([
+                piece if isinstance(piece, torch.Tensor)
+                else torch.arange(piece[0], piece[0] + piece[1], device=device).expand(batch, -1)
+                for piece in pieces
+            ], dim=1)]  # fmt: skip
+        return pieces[0]
+
     def key_valid(self, layer_idx: int) -> torch.Tensor | None:
         """`(batch, physical_len)` bool: which stored keys are real tokens; None before the layer's first update."""
-        pos = self.key_positions.get(layer_idx)
-        return None if pos is None else pos >= 0
+        if layer_idx in self._valid:
+            return self._valid[layer_idx]
+        positions = self.key_positions(layer_idx)
+        return None if positions is None else positions >= 0
 
     def valid_key_counts(self, layer_idx: int) -> torch.Tensor:
         """`(batch,)` number of real tokens stored in one layer."""
@@ -58,36 +78,53 @@ class RoutedCache(DynamicCache):
         """The router saw `tokens` more logical tokens (after each forward)."""
         self.logical_len += tokens
 
-    def record_keys(self, layer_idx: int, positions: torch.Tensor, padded: bool) -> torch.Tensor | None:
-        """Record the logical positions `(batch, n)` of the keys a layer is about to store (-1: a padding slot;
-        `padded` says, without a device sync, whether there is one). Returns the layer's `(batch, keys)` validity
-        over past and new keys, or None when no key of the layer was ever padding (a plain causal mask)."""
-        past = self.key_positions.get(layer_idx)
-        if past is not None and past.shape[1] != self.physical_length(layer_idx):
+    def record_keys(self, layer_idx: int, positions: torch.Tensor | int, padded: bool) -> torch.Tensor | None:
+        """Record the logical positions `(batch, n)` of the keys a layer is about to store (-1: a padding slot), or
+        their count when they are the call's n tokens, all valid and in order; `padded` says, without a device sync,
+        whether there is a padding slot. Returns the layer's `(batch, keys)` validity over past and new keys, or None
+        when no key of the layer was ever padding (a plain causal mask)."""
+        pieces = self._pieces.setdefault(layer_idx, [])
+        tracked = sum(p.shape[1] if isinstance(p, torch.Tensor) else p[1] for p in pieces)
+        if tracked != self.physical_length(layer_idx):
             raise RuntimeError(
                 f"RoutedCache layer {layer_idx} stores {self.physical_length(layer_idx)} keys but tracks "
-                f"{past.shape[1]} positions: the cache was updated outside the alvts router."
+                f"{tracked} positions: the cache was updated outside the alvts router."
             )
-        self.key_positions[layer_idx] = positions if past is None else torch.cat([past, positions], dim=1)
-        if padded:
-            self.padded.add(layer_idx)
-        return self.key_valid(layer_idx) if layer_idx in self.padded else None
+        pieces.append((self.logical_len, positions) if isinstance(positions, int) else positions)
+        if layer_idx in self._valid:
+            past = self._valid[layer_idx]
+            new = (
+                self._all_valid(past.shape[0], positions, past.device) if isinstance(positions, int) else positions >= 0
+            )
+            self._valid[layer_idx] = torch.cat([past, new], dim=1)
+        elif padded:  # tensor positions: the router passes a count only for calls without padding
+            self._valid[layer_idx] = self.key_positions(layer_idx) >= 0
+        return self._valid.get(layer_idx)
+
+    def _all_valid(self, batch: int, count: int, device: torch.device) -> torch.Tensor:
+        key = (batch, count, device)
+        if key not in self._ones:
+            self._ones[key] = torch.ones(batch, count, dtype=torch.bool, device=device)
+        return self._ones[key]
 
     # -- batch and beam bookkeeping: keep positions in step with the stored keys ----------------------------------
+    def _update(self, change) -> None:
+        for i in list(self._pieces):
+            self._pieces[i] = [change(self.key_positions(i))]
+        for i, valid in self._valid.items():
+            self._valid[i] = change(valid)
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._update(lambda t: t.index_select(0, beam_idx.to(t.device)))
         super().reorder_cache(beam_idx)
-        for i, pos in self.key_positions.items():
-            self.key_positions[i] = pos.index_select(0, beam_idx.to(pos.device))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        self._update(lambda t: t.repeat_interleave(repeats, dim=0))
         super().batch_repeat_interleave(repeats)
-        for i, pos in self.key_positions.items():
-            self.key_positions[i] = pos.repeat_interleave(repeats, dim=0)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._update(lambda t: t[indices.to(t.device)])
         super().batch_select_indices(indices)
-        for i, pos in self.key_positions.items():
-            self.key_positions[i] = pos[indices.to(pos.device)]
 
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last `-tokens_to_remove` logical tokens (transformers 5.x convention: a count <= 0).
@@ -97,26 +134,27 @@ class RoutedCache(DynamicCache):
         """
         if tokens_to_remove > 0:
             raise ValueError(f"crop() takes a count <= 0 of tokens to remove, got {tokens_to_remove}.")
-        new_len = self.logical_len - abs(tokens_to_remove)
         if tokens_to_remove == 0:
             return
-        for pos in self.key_positions.values():
-            n = abs(tokens_to_remove)
+        n = abs(tokens_to_remove)
+        new_len = self.logical_len - n
+        for i in self._pieces:
+            pos = self.key_positions(i)
             if n > pos.shape[1] or not bool((pos[:, pos.shape[1] - n :] >= new_len).all()):
                 raise ValueError(
                     f"Cannot crop {n} tokens from a RoutedCache: the span holds visual tokens that layers routed "
                     "differently. Only trailing text (e.g. generated tokens) can be cropped."
                 )
-        for i, pos in self.key_positions.items():
+        self._update(lambda t: t[:, : t.shape[1] - n])
+        for i in self._pieces:
             self.layers[i].crop(tokens_to_remove)
-            self.key_positions[i] = pos[:, : pos.shape[1] - abs(tokens_to_remove)]
         self.logical_len = new_len
 
     def reset(self) -> None:
         super().reset()
         self.logical_len = 0
-        self.key_positions.clear()
-        self.padded.clear()
+        self._pieces.clear()
+        self._valid.clear()
 
 
 class RoutedStaticCache(StaticCache):
@@ -173,11 +211,13 @@ class RoutedStaticCache(StaticCache):
     def advance(self, tokens: int) -> None:
         self.logical_len.add_(tokens)
 
-    def record_keys(self, layer_idx: int, positions: torch.Tensor, padded: bool) -> torch.Tensor:
-        """Write the positions of the keys a layer is about to store at its current length; return the validity of
-        every slot (the mask is sized to the layer's buffer)."""
+    def record_keys(self, layer_idx: int, positions: torch.Tensor | int, padded: bool) -> torch.Tensor:
+        """Write the positions of the keys a layer is about to store (or their count: the call's tokens, all valid)
+        at its current length; return the validity of every slot (the mask is sized to the layer's buffer)."""
         store = self.key_positions[layer_idx]
         start = self.layers[layer_idx].get_seq_length()
+        if isinstance(positions, int):
+            positions = (self.logical_len + torch.arange(positions, device=store.device)).expand(store.shape[0], -1)
         store.index_copy_(1, torch.arange(positions.shape[1], device=store.device) + start, positions)
         return store >= 0
 

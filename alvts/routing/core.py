@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,16 +38,47 @@ from .policy import LayerInputs, Policy
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
+class Selections(Mapping[int, torch.Tensor]):
+    """layer -> `(batch, seq)` bool, the visual tokens that went through that layer. A routed layer records only its
+    gather indices; its mask is built when first read, so routing pays nothing for the record."""
+
+    def __init__(self, visual: torch.Tensor | None = None):
+        self.visual = visual
+        self._masks: dict[int, torch.Tensor] = {}
+        self._gathered: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def record_all(self, layer_idx: int) -> None:
+        self._masks[layer_idx] = self.visual
+
+    def record_gathered(self, layer_idx: int, idx: torch.Tensor, slot_valid: torch.Tensor | None) -> None:
+        self._masks.pop(layer_idx, None)
+        self._gathered[layer_idx] = (idx, slot_valid)
+
+    def __getitem__(self, layer_idx: int) -> torch.Tensor:
+        if layer_idx not in self._masks:
+            idx, slot_valid = self._gathered[layer_idx]
+            went = torch.zeros_like(self.visual)
+            went = went.scatter_(1, idx, True) if slot_valid is None else went.scatter_(1, idx, slot_valid)
+            self._masks[layer_idx] = went & self.visual
+        return self._masks[layer_idx]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._masks.keys() | self._gathered.keys()))
+
+    def __len__(self) -> int:
+        return len(self._masks.keys() | self._gathered.keys())
+
+
 @dataclass
 class RoutingState:
     """What the last call that carried visual tokens selected, per layer: for tests, debugging and calibration."""
 
     visual: torch.Tensor | None = None  # (batch, seq) bool
-    selected: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (batch, seq) bool, went through
+    selected: Selections = field(default_factory=Selections)  # layer -> (batch, seq) bool, went through
 
     def visual_kept(self) -> torch.Tensor:
         """`(num_layers, batch)` number of visual tokens that went through each layer."""
-        return torch.stack([self.selected[i].sum(1) for i in sorted(self.selected)])
+        return torch.stack([self.selected[i].sum(1) for i in self.selected])
 
 
 @dataclass
@@ -57,7 +89,9 @@ class _Call:
     visual: torch.Tensor | None  # (batch, seq) bool, valid visual tokens; None for a text-only call
     cache: RoutedCache | RoutedStaticCache | None
     plans: list[_LayerPlan]
-    budgets: torch.Tensor | None = None  # (layers, batch) visual tokens each sample keeps at each layer
+    rank_base: torch.Tensor | None = None  # (batch, seq) fp32: +inf at valid text, -inf at padding (ranked first/last)
+    kept: torch.Tensor | None = None  # (layers, batch, 1) tokens each sample keeps at each layer
+    rows: torch.Tensor | None = None  # (batch, 1) row indices, for gathering (batch, width) slots
     previous_hidden: torch.Tensor | None = None  # last layer's input, kept only for policies that ask
     positions: torch.Tensor | None = None  # logical positions of the call's tokens (-1: padding), shared by layers
 
@@ -70,35 +104,26 @@ class _LayerPlan:
     padded: bool  # some slot holds no valid token, so the layer needs a padding mask
 
 
-def top_k_mask(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """`(batch, seq)` bool: the `k[b]` highest-scoring candidates of each row; ties go to the earlier position."""
-    finfo = torch.finfo(torch.float32)
-    safe = scores.float().nan_to_num(nan=finfo.min, posinf=finfo.max, neginf=finfo.min)
-    masked = safe.masked_fill(~candidates, float("-inf"))
-    order = torch.argsort(masked, dim=1, descending=True, stable=True)
-    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    ranks = torch.empty_like(order).scatter_(1, order, positions)
-    return (ranks < k[:, None]) & candidates
+def rank_base(valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    """`(batch, seq)` fp32 rank keys of the non-visual tokens: +inf for valid text (always kept), -inf for padding."""
+    return torch.where(valid, float("inf"), float("-inf")).masked_fill(visual, 0.0)
 
 
-def gather_plan(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded gather indices for the kept tokens of each row, in original order.
+def select_slots(
+    scores: torch.Tensor, visual: torch.Tensor, base: torch.Tensor, kept: torch.Tensor | None, width: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens one routed layer gathers: each row's valid text and its highest-scoring visual tokens, `width`
+    slots in original order (so causal-by-slot is causal-by-position).
 
-    Returns `idx (batch, width)` (the column of each slot) and `slot_valid (batch, width)`; `width` defaults to the
-    largest number of kept tokens in a row (pass it to avoid a host sync). Padding slots point at distinct columns
-    that are not kept, so scattering every slot back (padding slots with their unchanged input) is well defined.
-    Causal-by-slot equals causal-by-position because order is kept.
+    `kept (batch, 1)` is how many tokens each row keeps (text + its budget); rows that keep fewer than `width` fill
+    the rest with their next-ranked tokens, marked invalid in `slot_valid` (None: every slot is kept). Visual ties go
+    to the earlier position; NaN scores rank last among visual tokens. Returns `idx (batch, width)`, `slot_valid`.
     """
-    counts = keep.sum(1)
-    width = int(counts.max()) if width is None else width
-    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # kept columns first, each group in order
-    slots = torch.arange(width, device=keep.device)
-    idx = order.gather(1, (slots + counts[:, None]) % width)  # rotate each row right by its padding
-    return idx, slots >= (width - counts)[:, None]
-
-
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    finfo = torch.finfo(torch.float32)
+    visual_keys = scores.float().nan_to_num(nan=finfo.min, posinf=finfo.max, neginf=finfo.min)
+    ranked = torch.where(visual, visual_keys, base).sort(dim=1, descending=True, stable=True).indices[:, :width]
+    idx, rank = ranked.sort(dim=1)
+    return idx, None if kept is None else rank < kept
 
 
 class Router:
@@ -190,7 +215,7 @@ class Router:
         visual = self.adapter.visual_mask(self._model, call)
         if visual is not None:
             visual = visual & valid
-            self.state = RoutingState(visual=visual)
+            self.state = RoutingState(visual=visual, selected=Selections(visual))
         use_cache = call.get("use_cache")
         if use_cache is None:
             use_cache = self.text_config.use_cache
@@ -218,7 +243,10 @@ class Router:
                 plans.append(_LayerPlan(None, padded=min(valid_row) < seq))
             else:
                 plans.append(_LayerPlan(width=max(counts), padded=min(counts) < max(counts)))
-        return _Call(valid, visual, cache, plans=plans, budgets=budgets)
+        if all(plan.width is None for plan in plans):
+            return _Call(valid, visual, cache, plans=plans)
+        rows = torch.arange(valid.shape[0], device=valid.device)[:, None]
+        return _Call(valid, visual, cache, plans, rank_base(valid, visual), kept[..., None], rows)
 
     def _routed_cache(self, cache: Any, use_cache: bool) -> RoutedCache | RoutedStaticCache | None:
         if isinstance(cache, (RoutedCache, RoutedStaticCache)):
@@ -268,13 +296,12 @@ class Router:
         plan = call.plans[layer_idx]
         if plan.width is None:
             if call.visual is not None:
-                self.state.selected[layer_idx] = call.visual
+                self.state.selected.record_all(layer_idx)
             idx, slot_valid, sub = None, call.valid, hidden_states
         else:
-            keep = self._keep(layer_idx, layer, hidden_states, position_embeddings, call)
-            idx, slot_valid = gather_plan(keep, plan.width)
-            sub = _gather(hidden_states, idx)
-            position_embeddings = (gather_rotary(cos, idx), gather_rotary(sin, idx))
+            idx, slot_valid = self._select(layer_idx, layer, hidden_states, position_embeddings, call, plan)
+            sub = hidden_states[call.rows, idx]
+            position_embeddings = (self._gather_rotary(cos, call.rows, idx), self._gather_rotary(sin, call.rows, idx))
             position_ids = None  # rotary already carries the true positions; ids with gaps would look "packed"
         if self.policy.needs_previous_hidden:
             call.previous_hidden = hidden_states
@@ -282,7 +309,7 @@ class Router:
         cache = call.cache
         mask_2d = slot_valid if plan.padded else None  # None: nothing padded, the stock causal path (is_causal)
         if cache is not None:
-            mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid), padded=plan.padded)
+            mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid, plan), padded=plan.padded)
         if (
             mask_2d is None
             and self.text_config._attn_implementation == "sdpa"
@@ -305,21 +332,44 @@ class Router:
         )
         if idx is None:
             return out
-        out = torch.where(slot_valid[..., None], out, sub)  # padding slots put their (skipped) token back unchanged
-        return hidden_states.scatter(1, idx[..., None].expand_as(out), out)
+        if slot_valid is not None:
+            out = torch.where(slot_valid[..., None], out, sub)  # padding slots put their skipped token back unchanged
+        return hidden_states.index_put((call.rows, idx), out)
 
     @staticmethod
-    def _positions(call: _Call, idx: torch.Tensor | None, slot_valid: torch.Tensor) -> torch.Tensor:
-        """Logical positions of the keys a layer stores (-1: padding slots); one tensor for all ungathered layers."""
+    def _gather_rotary(table: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The rotary rows of the gathered slots; a table shared by the batch `(1, seq, dim)` is read by every row."""
+        if table.dim() == 4:  # stacked M-RoPE sections (transformers < 5.17)
+            return gather_rotary(table, idx)
+        return table[rows if table.shape[0] == rows.shape[0] else 0, idx]
+
+    @staticmethod
+    def _positions(
+        call: _Call, idx: torch.Tensor | None, slot_valid: torch.Tensor | None, plan: _LayerPlan
+    ) -> torch.Tensor | int:
+        """Logical positions of the keys a layer stores (-1: padding slots): an int count when they are the call's
+        tokens, all valid and in order (nothing to compute), else one tensor shared by every ungathered layer."""
+        offset = call.cache.logical_len
         if idx is not None:
-            return torch.where(slot_valid, call.cache.logical_len + idx, -1)
+            positions = idx + offset if isinstance(offset, torch.Tensor) or offset else idx
+            return positions if slot_valid is None else positions.masked_fill(~slot_valid, -1)
+        if not plan.padded:
+            return call.valid.shape[1]
         if call.positions is None:
             columns = torch.arange(call.valid.shape[1], device=call.valid.device)
-            call.positions = torch.where(call.valid, call.cache.logical_len + columns, -1)
+            call.positions = torch.where(call.valid, offset + columns, -1)
         return call.positions
 
-    def _keep(self, layer_idx: int, layer: nn.Module, hidden_states: torch.Tensor, position_embeddings, call: _Call):
-        """`(batch, seq)` bool: valid text tokens and the visual tokens selected at this layer."""
+    def _select(
+        self,
+        layer_idx: int,
+        layer: nn.Module,
+        hidden_states: torch.Tensor,
+        position_embeddings,
+        call: _Call,
+        plan: _LayerPlan,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This layer's gather indices and slot validity (`select_slots`), from the policy's scores."""
         visual = call.visual
         scores = self.policy.scores(
             LayerInputs(
@@ -331,7 +381,7 @@ class Router:
                 visual=visual,
                 valid=call.valid,
                 position_embeddings=position_embeddings,
-                previous=self.state.selected.get(layer_idx - 1, visual),
+                selected=self.state.selected,
                 previous_hidden=call.previous_hidden,
             )
         )
@@ -341,6 +391,7 @@ class Router:
                 f"Policy {self.policy!r} returned scores of shape {got} at layer {layer_idx}; expected one score "
                 f"per token, shape (batch, seq) = {tuple(visual.shape)}."
             )
-        selected = top_k_mask(scores, visual, call.budgets[layer_idx])
-        self.state.selected[layer_idx] = selected
-        return call.valid & (~visual | selected)
+        kept = call.kept[layer_idx] if plan.padded else None
+        idx, slot_valid = select_slots(scores, visual, call.rank_base, kept, plan.width)
+        self.state.selected.record_gathered(layer_idx, idx, slot_valid)
+        return idx, slot_valid

@@ -7,6 +7,7 @@ Budgets, top-k and gather/scatter belong to the router, so a fitted selector plu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -29,7 +30,7 @@ class LayerInputs:
     visual: torch.Tensor  # (batch, seq) bool: valid visual tokens of this call
     valid: torch.Tensor  # (batch, seq) bool: not padding
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (batch, seq, head_dim)
-    previous: torch.Tensor | None = None  # (batch, seq) bool: visual tokens that went through the previous layer
+    selected: Mapping[int, torch.Tensor] = field(default_factory=dict)  # layer -> visual tokens that went through
     previous_hidden: torch.Tensor | None = None  # the previous layer's input, for policies that ask for it
     _normed: torch.Tensor | None = field(default=None, repr=False)
 
@@ -39,6 +40,11 @@ class LayerInputs:
         if self._normed is None:
             self._normed = self.norm(self.hidden_states)
         return self._normed
+
+    @property
+    def previous(self) -> torch.Tensor:
+        """`(batch, seq)` bool: the visual tokens that went through the previous layer (all of them before any)."""
+        return self.selected.get(self.layer_idx - 1, self.visual)
 
 
 class Policy:

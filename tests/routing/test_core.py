@@ -4,25 +4,32 @@ import pytest
 import torch
 
 import alvts
-from alvts.routing import KeepSchedule, gather_plan, get_adapter, top_k_mask
+from alvts.routing import KeepSchedule, get_adapter
+from alvts.routing.core import rank_base, select_slots
 from alvts.testing import DEFAULT_IMAGES, tiny_inputs, tiny_model
 
 
-def test_gather_plan_left_pads_kept_tokens_in_order():
-    keep = torch.tensor([[True, False, True, True], [False, False, False, True]])
-    idx, slot_valid = gather_plan(keep)
-    assert idx.tolist() == [[0, 2, 3], [0, 1, 3]]  # padding slots: distinct columns that are not kept
-    assert slot_valid.tolist() == [[True, True, True], [False, False, True]]
-    idx, slot_valid = gather_plan(keep, width=4)  # wider than needed: every row padded
-    assert idx.tolist() == [[1, 0, 2, 3], [0, 1, 2, 3]]
-    assert slot_valid.tolist() == [[False, True, True, True], [False, False, False, True]]
-
-
-def test_top_k_mask_per_row_budget_candidates_only_ties_to_earlier():
+def test_select_slots_keeps_text_and_top_visual_in_order_ties_to_earlier():
+    visual = torch.tensor([[False, True, True, True, True], [True, True, True, True, True]])
+    valid = torch.ones_like(visual)
     scores = torch.tensor([[5.0, 1.0, 1.0, 1.0, 9.0], [0.0, 3.0, 2.0, 2.0, 1.0]])
-    candidates = torch.tensor([[False, True, True, True, True], [True, True, True, True, True]])
-    mask = top_k_mask(scores, candidates, torch.tensor([2, 3]))
-    assert mask.tolist() == [[False, True, False, False, True], [False, True, True, True, False]]
+    kept = torch.tensor([[3], [3]])  # row 0: its text token and 2 visual ones; row 1: 3 visual tokens
+    idx, slot_valid = select_slots(scores, visual, rank_base(valid, visual), kept, width=3)
+    assert idx.tolist() == [[0, 1, 4], [1, 2, 3]]
+    assert slot_valid.tolist() == [[True] * 3] * 2
+
+
+def test_select_slots_fills_short_rows_with_distinct_unkept_tokens():
+    """Row 1 keeps 2 of the 4 slots; the other two hold its next-ranked tokens (a NaN-scored visual token, then a
+    padding column), marked invalid, so scattering every slot back is well defined."""
+    visual = torch.tensor([[True, True, True, False], [False, True, True, False]])
+    valid = torch.tensor([[True, True, True, True], [False, True, True, True]])
+    scores = torch.tensor([[1.0, 2.0, 3.0, 0.0], [0.0, float("nan"), 3.0, 0.0]])
+    kept = torch.tensor([[4], [2]])
+    idx, slot_valid = select_slots(scores, visual, rank_base(valid, visual), kept, width=4)
+    assert idx.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    assert slot_valid.tolist() == [[True] * 4, [False, False, True, True]]
+    assert select_slots(scores, visual, rank_base(valid, visual), None, width=3)[1] is None
 
 
 def test_budget_floor_and_minimum():
