@@ -1,10 +1,18 @@
 """Shared fixtures: tiny random models of every family, batches with different visual counts per sample, and a
 random-weight model with the demo's config and processor saved like a Hub checkpoint (for the command lines)."""
 
+# ruff: noqa: E402
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels then run on CPU tensors in its interpreter; set before anything
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # (transformers included) imports triton
+
+
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 import alvts

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "alvts"
 # Bottom to top. A module belongs to the first entry its dotted name starts with.
 LAYERS = [
-    ("alvts._version", "alvts._lazy", "alvts.options", "alvts.compat", "alvts.offload"),
+    ("alvts._version", "alvts._lazy", "alvts.options", "alvts.compat", "alvts.offload", "alvts.kernels"),
     ("alvts.routing",),
     ("alvts.policies",),
     ("alvts.packs",),

@@ -8,6 +8,11 @@ import torch
 from torch import nn
 
 from ..compat import merged_rotary
+from ..kernels.received_attention import (
+    received_attention_reference,
+    received_attention_triton,
+    triton_available,
+)
 from ..routing.policy import LayerInputs
 
 
@@ -65,23 +70,16 @@ def received_attention_log_scores(
     `softmax(scale * q k^T)`, averaged over heads.
 
     `q`, `k`: `(batch, heads, seq, dim)`. S_V2V(i) is the mean attention visual queries give token i, S_T2V(i) the
-    mean over text queries (valid non-visual tokens). Query rows go in chunks, so memory is O(heads * chunk * seq).
+    mean over text queries (valid non-visual tokens). On CUDA with Triton (and no gradient to carry) a two-pass
+    kernel computes the sums in O(heads * seq) extra memory; otherwise query rows go in chunks, O(heads * chunk * seq).
     Shared by the oracle (real heads) and the low-rank selector (one head in rank space). `(batch, seq)` fp32 with
     -inf at non-visual positions; means are clamped at 1e-30 before the log (S is O(1/N^2)).
     """
-    b, seq = visual.shape
-    queries = torch.stack([visual, valid & ~visual], dim=1)  # (b, 2, seq): visual queries, text queries
-    key_ok = valid[:, None, None, :]
-    positions = torch.arange(seq, device=q.device)
-    received = torch.zeros(b, 2, seq, dtype=torch.float32, device=q.device)
-    for start in range(0, seq, chunk_size):
-        stop = min(start + chunk_size, seq)
-        logits = (q[:, :, start:stop] @ k.transpose(-1, -2)) * scale  # (b, heads, chunk, seq)
-        allowed = (positions[None, :] <= positions[start:stop, None]) & key_ok
-        # a finite fill: padding query rows (no key at all) come out uniform instead of NaN, and get weight 0 below
-        probs = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min).softmax(-1)
-        probs = probs[:, 0] if probs.shape[1] == 1 else probs.mean(1)  # (b, chunk, seq)
-        received += (queries[:, :, start:stop].to(probs.dtype) @ probs).float()  # one pass: both query groups
+    queries = torch.stack([visual, valid & ~visual], dim=1).float()  # (b, 2, seq): visual queries, text queries
+    if q.is_cuda and triton_available() and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):
+        received = received_attention_triton(q, k, scale, queries, valid)
+    else:
+        received = received_attention_reference(q, k, scale, queries, valid, chunk_size)
     v2v, t2v = (received / queries.sum(-1, keepdim=True).clamp(min=1)).unbind(1)
     log_s = t2v.clamp(min=1e-30).log()
     if score == "v2v*t2v":
