@@ -83,7 +83,14 @@ def exit_message(capsys, main, argv) -> str:
 
 # The fast tier (`pytest -m "not slow"`): every test on one family (Qwen2.5-VL, the demo's), the others' copies and
 # the end-to-end runs of the shipped demo model, command-line subprocesses, the wheel and offloading in the full tier.
-SLOW_FILES = {"test_demo_model.py", "test_train.py", "test_wheel.py", "test_offload.py", "test_static_cache.py"}
+SLOW_FILES = {
+    "test_demo_model.py",
+    "test_train.py",
+    "test_wheel.py",
+    "test_offload.py",
+    "test_static_cache.py",
+    "test_compile.py",
+}
 FAST_FAMILY = "qwen2_5_vl"
 
 
