@@ -65,16 +65,23 @@ def test_adapters_find_layers_of_every_family(family):
 
 def test_routed_forward_equals_stock_layers_on_the_selected_tokens(family):
     """Reference semantics, computed by hand with stock layers: each layer runs on text + its selected visual
-    tokens with their original rotary positions and a causal mask; skipped tokens pass through unchanged."""
+    tokens with their original rotary positions and a causal mask; skipped tokens pass through unchanged. Qwen3-VL's
+    DeepStack features are then added at every visual position, skipped or not, as the stock loop does."""
     model = tiny_model(family, "eager")
     batch = tiny_inputs(model, [[DEFAULT_IMAGES[family][0]]])
     lm = model.model.language_model
     captured = {}
-    hook = lm.rotary_emb.register_forward_hook(lambda m, a, o: captured.setdefault("cos_sin", o))
+    hooks = [
+        lm.rotary_emb.register_forward_hook(lambda m, a, o: captured.setdefault("cos_sin", o)),
+        lm.register_forward_pre_hook(lambda m, a, kw: captured.setdefault("lm", kw) and None, with_kwargs=True),
+    ]
     with alvts.routed(model, "oracle", keep=0.25), torch.no_grad():
         out = model(**batch, output_hidden_states=True)
         selected = alvts.routing_state(model).selected
-    hook.remove()
+    for hook in hooks:
+        hook.remove()
+    deepstack = captured["lm"].get("deepstack_visual_embeds") or []
+    assert len(deepstack) == (2 if family.startswith("qwen3_vl") else 0)  # the tiny Qwen3-VL's after layers 0 and 1
     visual = batch["input_ids"] == model.config.image_token_id
     cos, sin = captured["cos_sin"]
     h = out.hidden_states[0]
@@ -86,6 +93,8 @@ def test_routed_forward_equals_stock_layers_on_the_selected_tokens(family):
             sub = layer(h[:, idx], attention_mask=causal, position_embeddings=(cos[..., idx, :], sin[..., idx, :]))
             h = h.clone()
             h[:, idx] = sub
+            if i < len(deepstack):
+                h[visual] += deepstack[i]
         logits = model.lm_head(lm.norm(h))
     assert torch.allclose(logits, out.logits, atol=1e-5, rtol=0)
 
