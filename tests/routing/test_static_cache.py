@@ -70,7 +70,7 @@ def test_beam_search_and_sampling_on_a_static_cache_equal_the_dynamic_one(model,
         assert torch.equal(sequences(cache_implementation="static"), sequences())
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "qwen3_vl", "qwen3_vl_moe", "llava_onevision", "internvl"])
 def test_compiled_static_decoding_is_one_graph_and_equals_eager(family):
     from alvts.testing import tiny_model
 
