@@ -3,7 +3,8 @@
 
 A decode step of a 7B model on an H100 is bound by per-step host overhead, and a routed prefill layer pays one launch
 per op it adds, so whatever the router adds per layer goes straight into time. Counts are deterministic, unlike host
-timings on a shared CPU. Per family, stock model against the routed one (random policy, keep 0.25):
+timings on a shared CPU. Per family, stock model against the routed one (random policy, keep 0.25; one sample, or with --batch 2 two
+left-padded samples with different visual counts, so routed layers have padding slots and masks):
 - prefill: one forward over the prompt with a cache, ops inside each decoder layer's call (`per layer`, the
   routed layer against the stock one) and outside them (`per forward`: the pre-hook's planning);
 - decode: generate() with T + 1 new tokens minus generate() with 1, over T, per layer.
@@ -25,7 +26,7 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import alvts
-from alvts.testing import DEFAULT_IMAGES, FAMILIES, tiny_inputs, tiny_model
+from alvts.testing import DEFAULT_IMAGES, FAMILIES, MIXED_IMAGES, tiny_inputs, tiny_model
 
 
 class OpCounter(TorchDispatchMode):
@@ -87,9 +88,10 @@ def decode_step(model, inputs: dict, new_tokens: int) -> tuple[float, float]:
     return (ops_long - ops_one) / new_tokens, (calls_long - calls_one) / new_tokens
 
 
-def measure(family: str, new_tokens: int, policy: str, keep: float) -> tuple[dict, Counter]:
+def measure(family: str, new_tokens: int, policy: str, keep: float, batch: int) -> tuple[dict, Counter]:
     model = tiny_model(family, "sdpa")
-    inputs = tiny_inputs(model, [[DEFAULT_IMAGES[family][0]]], seed=0)
+    images = [[DEFAULT_IMAGES[family][0]]] if batch == 1 else MIXED_IMAGES[family]  # 2: left padding, two budgets
+    inputs = tiny_inputs(model, images, seed=0)
     layers = model.config.get_text_config().num_hidden_layers
     with torch.no_grad():
         stock_prefill, stock_decode = prefill_counts(model, inputs), decode_step(model, inputs, new_tokens)
@@ -117,13 +119,14 @@ def main() -> None:
     parser.add_argument("--policy", default="random")
     parser.add_argument("--keep", type=float, default=0.25)
     parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1, choices=(1, 2), help="2: left-padded, different budgets")
     parser.add_argument("--by-op", action="store_true", help="list the aten ops a routed prefill layer adds")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     rows = []
     print(f"{'family':>11}  {'what':<24}  {'stock':>7}  {'routed':>7}  {'added':>7}")
     for family in args.families.split(","):
-        row, added = measure(family, args.new_tokens, args.policy, args.keep)
+        row, added = measure(family, args.new_tokens, args.policy, args.keep, args.batch)
         rows.append(row | {"prefill_layer_added_by_op": dict(added)})
         for i, (what, values) in enumerate((
             ("prefill ops / layer", row["prefill_layer"]),

@@ -92,8 +92,10 @@ class _Call:
     rank_base: torch.Tensor | None = None  # (batch, seq) fp32: +inf at valid text, -inf at padding (ranked first/last)
     kept: torch.Tensor | None = None  # (layers, batch, 1) tokens each sample keeps at each layer
     rows: torch.Tensor | None = None  # (batch, 1) row indices, for gathering (batch, width) slots
+    shared_rows: torch.Tensor | None = None  # (batch, 1) zeros: every row reads a batch-shared rotary table
     previous_hidden: torch.Tensor | None = None  # last layer's input, kept only for policies that ask
     positions: torch.Tensor | None = None  # logical positions of the call's tokens (-1: padding), shared by layers
+    causal: torch.Tensor | None = None  # (seq, seq) bool lower triangle, for padded layers' sdpa masks
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ class Router:
         if all(plan.width is None for plan in plans):
             return _Call(valid, visual, cache, plans=plans)
         rows = torch.arange(valid.shape[0], device=valid.device)[:, None]
-        return _Call(valid, visual, cache, plans, rank_base(valid, visual), kept[..., None], rows)
+        return _Call(valid, visual, cache, plans, rank_base(valid, visual), kept[..., None], rows, rows * 0)
 
     def _routed_cache(self, cache: Any, use_cache: bool) -> RoutedCache | RoutedStaticCache | None:
         if isinstance(cache, (RoutedCache, RoutedStaticCache)):
@@ -301,7 +303,7 @@ class Router:
         else:
             idx, slot_valid = self._select(layer_idx, layer, hidden_states, position_embeddings, call, plan)
             sub = hidden_states[call.rows, idx]
-            position_embeddings = (self._gather_rotary(cos, call.rows, idx), self._gather_rotary(sin, call.rows, idx))
+            position_embeddings = (self._gather_rotary(cos, call, idx), self._gather_rotary(sin, call, idx))
             position_ids = None  # rotary already carries the true positions; ids with gaps would look "packed"
         if self.policy.needs_previous_hidden:
             call.previous_hidden = hidden_states
@@ -310,14 +312,16 @@ class Router:
         mask_2d = slot_valid if plan.padded else None  # None: nothing padded, the stock causal path (is_causal)
         if cache is not None:
             mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid, plan), padded=plan.padded)
-        if (
-            mask_2d is None
-            and self.text_config._attn_implementation == "sdpa"
-            and (
-                sub.shape[1] == 1 or cache is None or cache.get_query_offset(layer_idx) == 0  # no past keys yet
-            )
-        ):
+        sdpa = self.text_config._attn_implementation == "sdpa"
+        if mask_2d is None and sdpa and (sub.shape[1] == 1 or cache is None or cache.get_query_offset(layer_idx) == 0):
             layer_mask = None  # what create_causal_mask returns here (is_causal), without its per-layer Python cost
+        elif mask_2d is not None and sdpa and sub.shape[1] == 1:
+            layer_mask = mask_2d[:, None, None, :]  # one query, the newest: it sees every valid key (sdpa's bool mask)
+        elif mask_2d is not None and sdpa and mask_2d.shape[1] == sub.shape[1]:  # no past keys: causal & valid keys
+            if call.causal is None:
+                call.causal = torch.ones(seq, seq, dtype=torch.bool, device=sub.device).tril()
+            width = sub.shape[1]
+            layer_mask = call.causal[:width, :width] & mask_2d[:, None, None, :]
         else:
             # a padded mask is never all ones: skip the is_causal check (a sync)
             layer_mask = causal_mask(self.text_config, sub, mask_2d, cache, layer_idx, mask_2d is None)
@@ -337,11 +341,11 @@ class Router:
         return hidden_states.index_put((call.rows, idx), out)
 
     @staticmethod
-    def _gather_rotary(table: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The rotary rows of the gathered slots; a table shared by the batch `(1, seq, dim)` is read by every row."""
+    def _gather_rotary(table: torch.Tensor, call: _Call, idx: torch.Tensor) -> torch.Tensor:
+        """The rotary rows of the gathered slots, from a per-sample table or one the batch shares `(1, seq, dim)`."""
         if table.dim() == 4:  # stacked M-RoPE sections (transformers < 5.17)
             return gather_rotary(table, idx)
-        return table[rows if table.shape[0] == rows.shape[0] else 0, idx]
+        return table[call.rows if table.shape[0] == idx.shape[0] else call.shared_rows, idx]
 
     @staticmethod
     def _positions(

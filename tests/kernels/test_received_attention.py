@@ -31,7 +31,11 @@ def layer_inputs():
     return layer, layer.input_layernorm(seen["hidden"]), seen["position_embeddings"], visual, valid
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton's interpreter
+
+
 def check_against_reference(q, k, scale, visual, valid):
+    q, k, visual, valid = (t.to(DEVICE) for t in (q, k, visual, valid))
     weights = torch.stack([visual, valid & ~visual], 1).float()
     expected = kernels.received_attention_reference(q, k, scale, weights, valid, chunk_size=7)
     got = kernels.received_attention_triton(q, k, scale, weights, valid, block=16)
@@ -72,7 +76,7 @@ def test_selector_score_is_the_same_on_either_path(monkeypatch):
     monkeypatch.setattr(
         importance,
         "received_attention_reference",
-        lambda q, k, s, w, v, _: kernels.received_attention_triton(q, k, s, w, v, 16),
+        lambda *args: kernels.received_attention_triton(*(torch.as_tensor(a).to(DEVICE) for a in args[:5]), 16).cpu(),
     )
     got = selector.scores(inputs)
     torch.testing.assert_close(got[visual], expected[visual], rtol=1e-5, atol=1e-5)
