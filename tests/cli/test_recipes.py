@@ -11,6 +11,10 @@ SHIPPED = {
     "qwen2.5-vl-3b": ("Qwen/Qwen2.5-VL-3B-Instruct", 32),
     "llava-1.5": ("llava-hf/llava-1.5-7b-hf", 32),
     "llava-next": ("llava-hf/llava-v1.6-vicuna-7b-hf", 32),
+    "qwen3-vl": ("Qwen/Qwen3-VL-8B-Instruct", 32),
+    "qwen3-vl-moe": ("Qwen/Qwen3-VL-30B-A3B-Instruct", 32),
+    "llava-onevision": ("llava-hf/llava-onevision-qwen2-7b-ov-hf", 32),
+    "internvl3": ("OpenGVLab/InternVL3-8B-hf", 32),
     "demo": ("demo", 16),
 }
 
