@@ -1,11 +1,13 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-    python -m alvts.demo.testbed.train --out /tmp/testbed/run --steps 1500 [--guide-layer 6 --guide-heads 1]
+    python -m alvts.demo.testbed.train --out /tmp/testbed/run --steps 1500 [--guide-layers 3,5,7,9 --guide-heads 2]
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
 it holds, its row, column, digit order and lookup grid cell; optionally what the question asks (`FIELDS`) at each
-answer position from one decoder layer's output; optionally the attention of the first `--guide-heads` heads of ONE
-decoder layer at the answer positions, pulled toward `answer_guides`' first target. Every other head is free.
+answer position from one decoder layer's output; optionally, in each of the `--guide-layers`, the attention of
+head 0 at the answer positions, pulled toward the visual token that holds that answer token (`answer_guides`' first
+target), and with --guide-heads 2 that of head 1 toward every answer token of the question at once (so prefill's
+last position already looks at every digit a reading answer will need). Every other head and layer is free.
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ def grid_cells() -> torch.Tensor:
     return torch.stack([row.flatten(), col.flatten()], -1)
 
 
+def union_target(task: str, item: dict) -> torch.Tensor:
+    """Per answer token, attention spread over every answer token of its question: one question per reading image,
+    so all its digits; a lookup answer is one token, so its own target."""
+    first = item["first_attention"]
+    return first.mean(0, keepdim=True).expand_as(first) if task == "reading" else first
+
+
 def train(args: argparse.Namespace) -> None:
     """Train, probe every --probe-every steps (teacher-forced exact match), save to --out."""
     torch.manual_seed(args.seed)
@@ -101,9 +110,11 @@ def train(args: argparse.Namespace) -> None:
         layers[args.field_layer].register_forward_hook(
             lambda m, a, output: captured.update(fields=output[0] if isinstance(output, tuple) else output)
         )
-    if args.guide_layer >= 0:
-        layers[args.guide_layer].self_attn.register_forward_hook(
-            lambda m, a, kw, output: captured.update(guide=(kw["hidden_states"], kw["position_embeddings"])),
+    for index in args.guide_layers:
+        layers[index].self_attn.register_forward_hook(
+            lambda m, a, kw, output, i=index: captured.update(
+                {("guide", i): (kw["hidden_states"], kw["position_embeddings"])}
+            ),
             with_kwargs=True,
         )
     end_id, sink_id = tokenizer.convert_tokens_to_ids(ANSWER_END), tokenizer.convert_tokens_to_ids(SINK_TOKEN)
@@ -165,20 +176,22 @@ def train(args: argparse.Namespace) -> None:
                 (F.cross_entropy(lg, fields[:, i]) for i, lg in enumerate(logits) if (fields[:, i] >= 0).any()),
                 field_loss,
             )
-        if args.guide_layer >= 0:
+        target = torch.stack([guides["first_attention"], guides["union_attention"]], 1)[:, : args.guide_heads]
+        has = target[:, 0].sum(1) > 0
+        if args.guide_layers and has.any():
             ids = batch["input_ids"][rows]
             sink = (ids == sink_id).int().argmax(1, keepdim=True)
             keys = torch.cat([sink, (ids == config.image_token_id).nonzero()[:, 1].view(len(rows), -1)], 1)
-            states, cos_sin = captured["guide"]
-            attention = answer_attention(
-                layers[args.guide_layer].self_attn, states, cos_sin, batch["attention_mask"], rows, positions,
-                args.guide_heads,
-            )  # fmt: skip
-            probs = attention.gather(2, keys[:, None].expand(-1, args.guide_heads, -1))
-            target = guides["first_attention"]
-            has = target.sum(1) > 0
-            if has.any():
-                attention_loss = -(target[:, None] * torch.log(probs + 1e-12)).sum(2).mean(1)[has].mean()
+            keys = keys[:, None].expand(-1, args.guide_heads, -1)
+            for index in args.guide_layers:
+                states, cos_sin = captured["guide", index]
+                attention = answer_attention(
+                    layers[index].self_attn, states, cos_sin, batch["attention_mask"], rows, positions,
+                    args.guide_heads,
+                )  # fmt: skip
+                probs = attention.gather(2, keys)
+                attention_loss = attention_loss + -(target * torch.log(probs + 1e-12)).sum(2).mean(1)[has].mean()
+            attention_loss = attention_loss / len(args.guide_layers)
         return field_loss, attention_loss
 
     def lr_at(step: int) -> float:
@@ -191,7 +204,8 @@ def train(args: argparse.Namespace) -> None:
     for step, items in zip(range(args.steps), loader, strict=False):
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items])
-        guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES}
+        union = torch.cat([union_target(task, item) for task, item in zip(tasks, items, strict=True)])
+        guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES} | {"union_attention": union}
         batch = collate(items, pad_id, adapter)
         labels = batch.pop("labels")
         for group in optimizer.param_groups:
@@ -253,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--field-layer", type=int, default=2, help="layer taught what the question asks (-1: none)")
-    parser.add_argument("--guide-layer", type=int, default=6, help="the one guided decoder layer (-1: none)")
-    parser.add_argument("--guide-heads", type=int, default=1, help="guided heads of that layer (the first ones)")
+    parser.add_argument("--guide-layers", type=lambda text: [int(i) for i in text.split(",") if i], default=[6],
+                        help="guided decoder layers, comma-separated ('': none)")  # fmt: skip
+    parser.add_argument("--guide-heads", type=int, default=1, choices=(1, 2), help="guided heads in each of them")
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--guide-weight", type=float, default=1.0)
     parser.add_argument("--anchor-weight", type=float, default=0.0, help="weight of the visual tokens' drift loss")
