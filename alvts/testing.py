@@ -15,8 +15,10 @@ from transformers import (
     CLIPVisionConfig,
     Gemma3Config,
     Gemma3ForConditionalGeneration,
+    GotOcr2ImageProcessorPil,
     InternVLConfig,
     InternVLForConditionalGeneration,
+    InternVLProcessor,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -26,6 +28,8 @@ from transformers import (
     LlavaNextProcessor,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -209,6 +213,24 @@ _TEMPLATE = (
 )
 
 
+class _ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
+    """`LlavaOnevisionProcessor` without its video processor (transformers cannot build one without torchvision)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, **kwargs)
+
+
+class _ImageOnlyInternVLProcessor(InternVLProcessor):
+    """`InternVLProcessor` without its video processor (transformers cannot build one without torchvision)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, **kwargs)
+
+
+# InternVL's tokenizer names its image tokens; `<img>` and `</img>` wrap each image's `<IMG_CONTEXT>` slots
+_INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
+
+
 def tiny_processor(model: PreTrainedModel) -> ProcessorMixin:
     """The processor of a `tiny_model`: words "w10" ... "w449" are the ordinary text ids, the image placeholder is
     the model's image token id, and images go through the family's stock (PIL) image processor."""
@@ -218,16 +240,21 @@ def tiny_processor(model: PreTrainedModel) -> ProcessorMixin:
 
     family = model.config.model_type
     qwen = family in QWEN_FAMILIES
-    image_token = "<|image_pad|>" if qwen else "<image>"
+    image_token = {"internvl": "<IMG_CONTEXT>"}.get(family, "<|image_pad|>" if qwen else "<image>")
+    video_token = "<|video_pad|>" if qwen else "<video>"
+    named = {"image_token": image_token, "video_token": video_token}
     vocab = {f"w{i}": i for i in range(*TEXT_IDS)} | {text: i for i, text in _SPECIAL.items()}
-    vocab |= {image_token: IMAGE_ID, "<|video_pad|>": VIDEO_ID, "user:": 450, "assistant:": 451}
+    vocab |= {image_token: IMAGE_ID, video_token: VIDEO_ID, "user:": 450, "assistant:": 451}
+    if family == "internvl":
+        vocab |= {"<img>": VISION_START, "</img>": VISION_END}
+        named = _INTERNVL_TOKENS | {"video_token": video_token}
     words = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     special = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, **special,
-                                        extra_special_tokens={"image_token": image_token})  # fmt: skip
-    tokenizer.add_special_tokens({"additional_special_tokens": [image_token, "<|video_pad|>", *_SPECIAL.values()]})
-    image_part = "<|vision_start|><|image_pad|><|vision_end|> " if qwen else "<image> "
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, **special, extra_special_tokens=named)
+    extra = [t for t in vocab if t.startswith("<") and t not in special.values()]
+    tokenizer.add_special_tokens({"additional_special_tokens": [*extra, *special.values()]})
+    image_part = "<|vision_start|><|image_pad|><|vision_end|> " if qwen else f"{image_token} "
     template = _TEMPLATE.replace("image_part", repr(image_part))
     vision = model.config.vision_config
     if qwen:
@@ -236,7 +263,22 @@ def tiny_processor(model: PreTrainedModel) -> ProcessorMixin:
             temporal_patch_size=vision.temporal_patch_size, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64},
         )  # fmt: skip
         return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=template)
+    if family == "internvl":
+        size = dict(zip(("height", "width"), vision.image_size, strict=True))
+        image_processor = GotOcr2ImageProcessorPil(size=size, crop_to_patches=True, min_patches=1, max_patches=4)
+        return _ImageOnlyInternVLProcessor(
+            image_processor, tokenizer, image_seq_length=model.config.image_seq_length, chat_template=template
+        )
     tile = {"height": vision.image_size, "width": vision.image_size}
+    if family == "llava_onevision":
+        image_processor = LlavaOnevisionImageProcessorPil(
+            size=tile, crop_size=tile, image_grid_pinpoints=model.config.image_grid_pinpoints
+        )
+        return _ImageOnlyOnevisionProcessor(
+            image_processor, tokenizer, num_image_tokens=(vision.image_size // vision.patch_size) ** 2,
+            vision_feature_select_strategy="full", chat_template=template, image_token=image_token,
+            video_token=video_token,
+        )  # fmt: skip
     shared = dict(patch_size=vision.patch_size, vision_feature_select_strategy="default", chat_template=template,
                   num_additional_image_tokens=1, image_token=image_token)  # fmt: skip
     if family == "llava":

@@ -10,4 +10,4 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     model_types = ("llava_onevision",)
     model_classes = ("LlavaOnevisionForConditionalGeneration",)
     visual_token_id_attrs = ("image_token_id", "video_token_id")
-    image_input_keys = ("pixel_values", "image_sizes", "pixel_values_videos")
+    image_input_keys = ("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos")
