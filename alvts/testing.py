@@ -332,13 +332,10 @@ def _video_pixels(family: str, model: PreTrainedModel, video: Video, gen: torch.
     if family != "llava_onevision":
         raise ValueError(f"The tiny {family} models take no videos; families with videos: {VIDEO_FAMILIES}.")
     (frames,) = video.size
-    tile = model.config.vision_config.image_size
+    tile, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
     pixels = torch.randn(1, frames, 3, tile, tile, generator=gen)
-    with torch.no_grad():
-        feats = model.model.get_video_features(
-            pixel_values_videos=pixels.to(model.device, model.dtype), return_dict=True
-        ).pooler_output
-    return {"pixel_values_videos": pixels}, int(feats.shape[1])
+    pooled = -(-tile // patch // 2)  # each frame's patch grid pooled 2x2 (rounding up), as the processor counts
+    return {"pixel_values_videos": pixels}, frames * pooled**2 + 1  # one `image_newline` slot ends the video
 
 
 def _placeholders(family: str, model: PreTrainedModel, item, n_tokens: int, gen: torch.Generator) -> list[int]:
