@@ -8,6 +8,7 @@ from transformers import CompileConfig
 
 import alvts
 from alvts import RoutedStaticCache
+from alvts.testing import tiny_model
 
 NEW = 5
 GREEDY = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, return_dict_in_generate=True, output_logits=True)
@@ -70,10 +71,7 @@ def test_beam_search_and_sampling_on_a_static_cache_equal_the_dynamic_one(model,
         assert torch.equal(sequences(cache_implementation="static"), sequences())
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "qwen3_vl", "qwen3_vl_moe", "llava_onevision", "internvl"])
 def test_compiled_static_decoding_is_one_graph_and_equals_eager(family):
-    from alvts.testing import tiny_model
-
     model = tiny_model(family, "sdpa")
     batch = batch_for(model, 2)
     compile_config = CompileConfig(backend="eager", fullgraph=True)  # fullgraph: a graph break is an error
