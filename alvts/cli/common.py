@@ -64,10 +64,14 @@ def load_checked_config(path: str, model_id: str, trust_remote_code: bool = Fals
     from transformers import AutoConfig
 
     from ..routing import supported_model_classes
-    from ..routing.adapters import ADAPTERS
+    from ..routing.adapters import ADAPTERS, REFUSED
 
     with _loading_errors(model_id, path):
         config = AutoConfig.from_pretrained(path, **({"trust_remote_code": True} if trust_remote_code else {}))
+    if config.model_type in REFUSED:  # a family alvts knows and cannot route: say why
+        raise CommandError(
+            f"alvts does not route {model_id!r} (model_type {config.model_type!r}): {REFUSED[config.model_type]}"
+        )
     if config.model_type not in ADAPTERS:
         raise CommandError(
             f"alvts does not support {model_id!r} (model_type {config.model_type!r}); supported model classes: "

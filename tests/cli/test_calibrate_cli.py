@@ -127,6 +127,16 @@ def test_missing_or_unfit_models_exit_2_before_their_weights_load(qwen_folder, t
     assert not any((tmp_path / d).exists() for d in "abc")
 
 
+def test_a_refused_family_exits_2_saying_why_before_its_weights_load(tmp_path, capsys):
+    from alvts.routing.adapters.gemma3 import REASON
+    from alvts.testing import tiny_model
+
+    tiny_model("gemma3").config.save_pretrained(tmp_path / "gemma3")  # a config, no weights
+    err = exit_message(capsys, cli.main, ["--model", str(tmp_path / "gemma3"), *FAST, "--out", str(tmp_path / "a")])
+    assert f"alvts does not route '{tmp_path / 'gemma3'}' (model_type 'gemma3'): {REASON}" in err
+    assert not (tmp_path / "a").exists()
+
+
 def test_data_without_the_named_columns_is_refused_before_the_model(qwen_folder, tmp_path, capsys, no_model):
     (tmp_path / "data.jsonl").write_text('{"picture": "a.png", "prompt": "What?"}\n' * 3)
     err = exit_message(
