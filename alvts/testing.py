@@ -338,12 +338,10 @@ def _video_pixels(family: str, model: PreTrainedModel, video: Video, gen: torch.
     return {"pixel_values_videos": pixels}, frames * pooled**2 + 1  # one `image_newline` slot ends the video
 
 
-def _placeholders(family: str, model: PreTrainedModel, item, n_tokens: int, gen: torch.Generator) -> list[int]:
+def _placeholders(family: str, item, n_tokens: int, gen: torch.Generator) -> list[int]:
     """The token ids one image or video occupies in a prompt, as the family's processor lays them out."""
     if not isinstance(item, Video):
-        if family in QWEN_FAMILIES:
-            return [VISION_START] + [IMAGE_ID] * n_tokens + [VISION_END]
-        if family == "gemma3":
+        if family in (*QWEN_FAMILIES, "gemma3"):  # between begin / end-of-image tokens
             return [VISION_START] + [IMAGE_ID] * n_tokens + [VISION_END]
         return [IMAGE_ID] * n_tokens
     if family in QWEN3_FAMILIES:  # one block per temporal patch, each after its timestamp (a text token here)
@@ -376,7 +374,7 @@ def tiny_inputs(
             pixels = _video_pixels if isinstance(item, Video) else _image_pixels
             part, n_tokens = pixels(family, model, item, gen)
             pixel_parts.append(part)
-            ids += _placeholders(family, model, item, n_tokens, gen)
+            ids += _placeholders(family, item, n_tokens, gen)
         ids += torch.randint(*TEXT_IDS, (suffix_len + 2 * b,), generator=gen).tolist()
         rows.append(ids)
     length = max(len(r) for r in rows)
