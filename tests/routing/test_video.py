@@ -7,7 +7,9 @@ import torch
 from conftest import max_valid_diff
 
 import alvts
-from alvts.testing import IMAGE_ID, VIDEO_ID, Video, tiny_inputs, tiny_model
+from alvts.evaluation.inputs import collate
+from alvts.routing import get_adapter
+from alvts.testing import IMAGE_ID, PAD, VIDEO_ID, Video, tiny_inputs, tiny_model
 
 # Per family: sample 0 a video alone, sample 1 an image and a video; the visual token counts each becomes, by hand.
 MIXED = {
@@ -80,3 +82,19 @@ def test_qwen2_5_vl_video_timestamps_reach_the_positions_and_route_alike():
     assert max_valid_diff(stock[0], stock[1], batch["attention_mask"]) > 1e-4
     for s, r in zip(stock, routed, strict=True):
         assert max_valid_diff(s, r, batch["attention_mask"]) <= 1e-5
+
+
+@VIDEO_FAMILIES
+def test_video_inputs_collate_per_sample_and_answer_as_each_sample_alone(family):
+    """`collate` (the evaluation harness's batching) joins videos in sample order through the adapter's
+    `image_input_keys`, timestamps included: the stock batch gives each sample's own logits."""
+    model = tiny_model(family, "sdpa")
+    video = MIXED[family][0][0][0]
+    items = [tiny_inputs(model, [[video]], suffix_len=3 + 4 * s, seed=s) for s in (0, 1)]
+    batch = collate(items, PAD, get_adapter(model), padding_side="left")
+    assert batch["pixel_values_videos"].shape[0] == sum(item["pixel_values_videos"].shape[0] for item in items)
+    with torch.no_grad():
+        batched = model(**batch).logits
+        for b, item in enumerate(items):
+            alone = model(**item).logits[0]
+            torch.testing.assert_close(batched[b, -alone.shape[0] :], alone, rtol=0, atol=1e-5)
