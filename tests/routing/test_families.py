@@ -71,6 +71,35 @@ def test_moe_experts_see_only_text_and_kept_visual_tokens():
     assert _gate_rows(model, two, policy="oracle", keep=0.25) == [2 * int((valid - visual + visual // 4).max())] * 4
 
 
+def test_moe_router_logits_and_aux_loss_at_keep_one_equal_stock():
+    model = tiny_model("qwen3_vl_moe", "sdpa")
+    batch = tiny_inputs(model, MIXED_IMAGES["qwen3_vl_moe"])
+    with torch.no_grad():
+        stock = model(**batch, output_router_logits=True)
+        with alvts.routed(model, "full"):
+            routed = model(**batch, output_router_logits=True)
+    assert len(routed.router_logits) == 4
+    for s, r in zip(stock.router_logits, routed.router_logits, strict=True):
+        valid = batch["attention_mask"].flatten().bool()  # padding rows are garbage in both
+        torch.testing.assert_close(r[valid], s[valid], rtol=0, atol=1e-5)
+    torch.testing.assert_close(routed.aux_loss, stock.aux_loss, rtol=0, atol=1e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="transformers' load_balancing_loss_func expands the (batch, seq) attention mask over every layer's router "
+    "logits, but a routed layer scores only its gathered slots (batch * width): the aux loss needs each layer's slot "
+    "validity from the router",
+)
+def test_moe_aux_loss_at_keep_below_one_counts_each_layers_tokens():
+    model = tiny_model("qwen3_vl_moe", "sdpa")
+    batch = tiny_inputs(model, MIXED_IMAGES["qwen3_vl_moe"])
+    with alvts.routed(model, "oracle", keep=0.25), torch.no_grad():
+        out = model(**batch, output_router_logits=True)
+    assert torch.isfinite(out.aux_loss)
+
+
 def test_gemma3_is_refused_saying_why_and_left_untouched():
     model = tiny_model("gemma3", "sdpa")
     batch = tiny_inputs(model, [[None]])
