@@ -26,6 +26,7 @@ def refuse_family(model_types: tuple[str, ...], reason: str) -> None:
         REFUSED[model_type] = reason
 
 
+# each module registers its family (or its refusal) on import
 from . import gemma3, internvl, llava, llava_next, llava_onevision, qwen2_vl, qwen3_vl  # noqa: E402, F401
 
 
