@@ -47,12 +47,16 @@ def attention_importance(
 def rotated_queries_keys(
     attention: nn.Module, normed: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's fp32 queries and keys `(batch, heads, seq, head_dim)` with RoPE, keys repeated per query head."""
+    """The layer's fp32 queries and keys `(batch, heads, seq, head_dim)` as its attention computes them (per-head
+    q/k norms where the family has them, then RoPE), keys repeated per query head."""
     b, seq, _ = normed.shape
     head_dim = attention.head_dim
     cos, sin = (merged_rotary(t, attention).expand(b, -1, -1).float() for t in position_embeddings)
-    q = attention.q_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
-    k = attention.k_proj(normed).view(b, seq, -1, head_dim).transpose(1, 2).float()
+    q = attention.q_proj(normed).view(b, seq, -1, head_dim)
+    k = attention.k_proj(normed).view(b, seq, -1, head_dim)
+    if getattr(attention, "q_norm", None) is not None:  # Qwen3 decoders: per-head RMSNorm on q and k before RoPE
+        q, k = attention.q_norm(q), attention.k_norm(k)
+    q, k = q.transpose(1, 2).float(), k.transpose(1, 2).float()
     q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: key group g(h) for every query head h
 

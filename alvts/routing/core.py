@@ -223,7 +223,18 @@ class Router:
             use_cache = self.text_config.use_cache
         cache = self._routed_cache(call.get("past_key_values"), use_cache)
         call["past_key_values"] = cache
-        self._call = self._plan(valid, visual, cache)
+        plan = self._plan(valid, visual, cache)
+        router_logits = call.get("output_router_logits")
+        if router_logits is None:
+            router_logits = getattr(self.text_config, "output_router_logits", False)
+        if router_logits and any(layer.width is not None for layer in plan.plans):
+            raise ValueError(
+                "output_router_logits=True with routed layers: the MoE auxiliary loss spreads the whole sequence's "
+                "attention mask over every layer's router logits, but a routed layer's router sees only the tokens "
+                "that go through it. Call without output_router_logits (inference needs no auxiliary loss), or route "
+                "at keep 1.0."
+            )
+        self._call = plan
         if isinstance(cache, RoutedStaticCache) and not cache.is_sized:
             keys = [seq if plan.width is None else plan.width for plan in self._call.plans]
             cache.size_layers(keys, seq, batch, tokens.device)
