@@ -84,6 +84,9 @@ PRESETS: dict[str, tuple] = {
     "cpu-tiny-qwen": ("qwen2_5_vl", TINY_QWEN, dict(patch_size=14), (1, 24, 24), (1, 2)),
     "qwen2.5-vl-7b": ("qwen2_5_vl", QWEN_7B, dict(patch_size=14), (1, 72, 72), (1, 8)),
     "qwen2.5-vl-7b-5184": ("qwen2_5_vl", QWEN_7B, dict(patch_size=14), (1, 144, 144), (1,)),
+    # 16 frames at 448 x 448: 8 temporal patches of 32 x 32, 2048 tokens, fed as one (8, 32, 32) grid through the
+    # image path: the language model's cost is a video's (only its M-RoPE temporal positions are spaced differently)
+    "qwen2.5-vl-7b-video16": ("qwen2_5_vl", QWEN_7B, dict(patch_size=14), (8, 32, 32), (1, 4)),
     "llava-1.5-7b": ("llava", LLAMA_7B, dict(image_size=336, patch_size=14), None, (1, 8)),
     "llava-next-7b": ("llava_next", LLAMA_7B, dict(image_size=336, patch_size=14), (672, 672), (1, 8)),
 }
