@@ -79,7 +79,10 @@ def run(
     images, questions = [e.image for e in examples], [e.question for e in examples]
     visual = (processor.image_processor.crop_size["height"] // model.config.vision_config.patch_size) ** 2
     oracle = RecordingOracle(k=max(1, math.floor(keep * visual)))
-    conditions = {"full": None, f"oracle@{keep}": (oracle, keep), f"random@{keep}": (RandomPolicy(0), keep)}
+    conditions = {
+        "full": None, f"oracle@{keep}": (oracle, keep), f"oracle t2v@{keep}": (OraclePolicy(score="t2v"), keep),
+        f"random@{keep}": (RandomPolicy(0), keep),
+    }  # fmt: skip
     if dense_first:
         schedule = [1.0] * dense_first + [keep] * (model.config.text_config.num_hidden_layers - dense_first)
         conditions |= {
@@ -131,13 +134,13 @@ def run(
 def print_table(table: dict, tasks: tuple[str, ...]) -> None:
     """One line per condition and task: accuracy, n, Wilson interval, ratio to full."""
     full = table["rows"]["full"]
-    print(f"{'condition':<14}{'task':<10}{'acc':>6}{'n':>5}{'95% Wilson':>16}{'/ full':>8}")
+    print(f"{'condition':<18}{'task':<10}{'acc':>6}{'n':>5}{'95% Wilson':>16}{'/ full':>8}")
     for name, row in table["rows"].items():
         for task in tasks:
             cell = row[task]
             ratio = cell["acc"] / full[task]["acc"] if full[task]["acc"] else float("nan")
             lo, hi = cell["ci"]
-            print(f"{name:<14}{task:<10}{cell['acc']:>6.2f}{cell['n']:>5}   [{lo:.2f}, {hi:.2f}]{ratio:>8.2f}")
+            print(f"{name:<18}{task:<10}{cell['acc']:>6.2f}{cell['n']:>5}   [{lo:.2f}, {hi:.2f}]{ratio:>8.2f}")
     for task, values in table["answer_token_recall_by_layer"].items():
         print(f"oracle recall of {task} answer tokens by layer (chance {table['keep']}): {values}")
     print(f"oracle Jaccard layer l vs l+4 (mean over questions): {table['jaccard_l_l_plus_4']}")

@@ -1,6 +1,6 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-    python -m alvts.demo.testbed.train --out /tmp/testbed/run --steps 1500 [--guide-layers 3,5,7,9 --guide-heads 2]
+    python -m alvts.demo.testbed.train --out /tmp/testbed/g6     # the defaults are design g6 (README.md)
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
 it holds, its row, column, digit order and lookup grid cell; optionally what the question asks (`FIELDS`) at each
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=50)
@@ -267,16 +267,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--field-layer", type=int, default=2, help="layer taught what the question asks (-1: none)")
-    parser.add_argument("--guide-layers", type=lambda text: [int(i) for i in text.split(",") if i], default=[6],
+    parser.add_argument("--guide-layers", type=lambda text: [int(i) for i in text.split(",") if i], default=[3, 5, 7, 9],
                         help="guided decoder layers, comma-separated ('': none)")  # fmt: skip
-    parser.add_argument("--guide-heads", type=int, default=1, choices=(1, 2), help="guided heads in each of them")
+    parser.add_argument("--guide-heads", type=int, default=2, choices=(1, 2), help="guided heads in each of them")
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--guide-weight", type=float, default=1.0)
-    parser.add_argument("--anchor-weight", type=float, default=0.0, help="weight of the visual tokens' drift loss")
+    parser.add_argument("--anchor-weight", type=float, default=0.5, help="weight of the visual tokens' drift loss")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--probe-every", type=int, default=100)
+    parser.add_argument("--probe-every", type=int, default=200)
     parser.add_argument("--probe-per-task", type=int, default=20)
     train(parser.parse_args(argv))
 
