@@ -32,7 +32,7 @@ from ..policies import RandomPolicy
 from ..policies.importance import attention_importance
 from ..routing import get_adapter
 from . import DEMO_MODEL_PATH
-from .tasks import EVAL_SEED, Example
+from .tasks import EVAL_SEED, TASK_TYPES, Example
 from .tasks.vocab import BACKGROUND
 from .training_data import conversation, held_out
 
@@ -112,11 +112,14 @@ def thirds(num_layers: int) -> dict[str, list[int]]:
     }
 
 
-def run(model_path: str, num_per_task: int, keep: float, gap: int, seed: int, batch_size: int) -> dict:
+def run(
+    model_path: str, num_per_task: int, keep: float, gap: int, seed: int, batch_size: int,
+    tasks: Sequence[str] = TASK_TYPES,
+) -> dict:  # fmt: skip
     """The accuracy table (full, blank, random at `keep` in one third of the layers) and the overlaps."""
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
-    examples = held_out(num_per_task, seed)
+    examples = held_out(num_per_task, seed, tasks)
     images = [e.image for e in examples]
     questions, tasks, answers = [e.question for e in examples], [e.task for e in examples], [e.answer for e in examples]
     num_layers = len(get_adapter(model).decoder_layers(model))
@@ -142,10 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gap", type=int, default=4, help="layers between the two sets compared (l and l + gap)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED)
     parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES,
+                        help="task types, comma-separated (a testbed trained on some)")  # fmt: skip
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    result = run(args.model, args.num_per_task, args.keep, args.gap, args.seed, args.batch_size)
+    result = run(args.model, args.num_per_task, args.keep, args.gap, args.seed, args.batch_size, args.tasks)
     print(f"accuracy (n={args.num_per_task} per task)")
     for condition, row in result["accuracy"].items():
         print(f"  {condition:<28}" + "  ".join(f"{task} {value:.2f}" for task, value in row.items()))

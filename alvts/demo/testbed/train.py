@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--field-layer", type=int, default=2, help="layer taught what the question asks (-1: none)")
-    parser.add_argument("--guide-layers", type=lambda text: [int(i) for i in text.split(",") if i], default=[3, 5, 7, 9],
-                        help="guided decoder layers, comma-separated ('': none)")  # fmt: skip
+    parser.add_argument("--guide-layers", type=lambda text: [int(i) for i in text.split(",") if i],
+                        default=[3, 5, 7, 9], help="guided decoder layers, comma-separated ('': none)")  # fmt: skip
     parser.add_argument("--guide-heads", type=int, default=2, choices=(1, 2), help="guided heads in each of them")
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--guide-weight", type=float, default=1.0)
