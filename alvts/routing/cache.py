@@ -83,7 +83,7 @@ class RoutedCache(DynamicCache):
         their count when they are the call's n tokens, all valid and in order; `padded` says, without a device sync,
         whether there is a padding slot. Returns the layer's `(batch, keys)` validity over past and new keys, or None
         when no key of the layer was ever padding (a plain causal mask)."""
-        pieces = self._pieces.setdefault(layer_idx, [])
+        pieces = self._pieces.get(layer_idx, [])
         tracked = sum(p.shape[1] if isinstance(p, torch.Tensor) else p[1] for p in pieces)
         if tracked != self.physical_length(layer_idx):
             raise RuntimeError(
@@ -91,6 +91,7 @@ class RoutedCache(DynamicCache):
                 f"{tracked} positions: the cache was updated outside the alvts router."
             )
         pieces.append((self.logical_len, positions) if isinstance(positions, int) else positions)
+        self._pieces[layer_idx] = pieces
         if layer_idx in self._valid:
             past = self._valid[layer_idx]
             new = (

@@ -3,8 +3,9 @@ the other visual tokens skip it unchanged and are put back in place. Knows no mo
 
 Mechanics: each decoder layer's `forward` is replaced on the instance
 (class, parameter names and output-capture hooks stay stock). The replacement gathers the kept tokens, with their
-rotary (cos, sin), into a left-padded sub-sequence in original order, builds that layer's own causal mask against
-its own cache length, calls the stock layer, and scatters the outputs back. A forward pre-hook on the multimodal
+rotary (cos, sin), into a sub-sequence in original order (a sample that keeps fewer than the widest fills its spare
+slots with unkept tokens, masked out and put back unchanged), builds that layer's own causal mask against its own
+cache length, calls the stock layer, and scatters the outputs back. A forward pre-hook on the multimodal
 model reads which tokens are visual and valid, plans every layer's gather width in one host transfer (layers never
 wait on the device), and swaps in a `RoutedCache` or `RoutedStaticCache`; a hook on the language model advances the
 cache's logical length. The decode step of a static cache traces as one graph (torch.compile, fullgraph).
