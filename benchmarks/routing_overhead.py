@@ -3,8 +3,8 @@
 
 A decode step of a 7B model on an H100 is bound by per-step host overhead, and a routed prefill layer pays one launch
 per op it adds, so whatever the router adds per layer goes straight into time. Counts are deterministic, unlike host
-timings on a shared CPU. Per family, stock model against the routed one (random policy, keep 0.25; one sample, or with --batch 2 two
-left-padded samples with different visual counts, so routed layers have padding slots and masks):
+timings on a shared CPU. Per family, stock model against the routed one (random policy, keep 0.25; one sample, or
+with --batch 2 two left-padded samples with different visual counts, so routed layers have padding slots and masks):
 - prefill: one forward over the prompt with a cache, ops inside each decoder layer's call (`per layer`, the
   routed layer against the stock one) and outside them (`per forward`: the pre-hook's planning);
 - decode: generate() with T + 1 new tokens minus generate() with 1, over T, per layer.
