@@ -7,7 +7,10 @@ it holds, its row, column, digit order and lookup grid cell; optionally what the
 answer position from one decoder layer's output; optionally, in each of the `--guide-layers`, the attention of
 head 0 at the answer positions, pulled toward the visual token that holds that answer token (`answer_guides`' first
 target), and with --guide-heads 2 that of head 1 toward every answer token of the question at once (so prefill's
-last position already looks at every digit a reading answer will need). Every other head and layer is free.
+last position already looks at every digit a reading answer will need); in each of the `--v2v-layers`, the
+attention of the `--v2v-heads` at every visual query, pulled toward the foreground (non-background) tokens of its
+causal 3 x 3 neighbourhood (`neighbourhood_target`), as real vision-language layers attend locally within objects.
+Every other head and layer is free.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import LlavaForConditionalGeneration
+from transformers.models.llama.modeling_llama import rotate_half
 
+from ...compat import merged_rotary
 from ...evaluation.inputs import collate
 from ...routing.adapters import get_adapter
 from ..tasks import EVAL_SEED
@@ -42,7 +47,7 @@ from ..training_data import (
 )
 from .build import SINK_TOKEN, build_config, build_processor
 
-AUX_NAMES = ("token_loss", "field_loss", "attention_loss", "anchor")
+AUX_NAMES = ("token_loss", "field_loss", "attention_loss", "v2v_loss", "anchor")
 SIDE = 16  # visual tokens per image side
 PROBE_SEED = EVAL_SEED + 1  # progress checks; gonogo uses EVAL_SEED
 GRID_TASKS = ("lookup", "relation")
@@ -58,6 +63,41 @@ def grid_cells() -> torch.Tensor:
     index = torch.where((index >= 0) & (index < GRID), index + 1, 0)
     row, col = torch.meshgrid(index, index, indexing="ij")
     return torch.stack([row.flatten(), col.flatten()], -1)
+
+
+def causal_neighbours() -> torch.Tensor:
+    """(SIDE * SIDE, SIDE * SIDE) bool: visual key i is visual query j itself or its left, upper-left, upper or
+    upper-right neighbour in the raster grid (the half of its 3 x 3 neighbourhood that causal attention sees)."""
+    row, col = torch.arange(SIDE).repeat_interleave(SIDE), torch.arange(SIDE).repeat(SIDE)
+    d_row, d_col = row[:, None] - row[None], col[:, None] - col[None]
+    return ((d_row == 0) & (d_col >= 0) & (d_col <= 1)) | ((d_row == 1) & (d_col.abs() <= 1))
+
+
+def neighbourhood_target(foreground: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """(images, SIDE * SIDE, 1 + SIDE * SIDE) over keys [sink, visual tokens] at each visual query: uniform over the
+    foreground tokens of its causal neighbourhood, or all on the sink when there are none. Every foreground token
+    then receives about the same visual-to-visual attention, wherever it lies; background receives none."""
+    weights = (neighbours[None] & foreground[:, None]).float()
+    count = weights.sum(-1, keepdim=True)
+    return torch.cat([(count == 0).float(), weights / count.clamp_min(1)], -1)
+
+
+def visual_attention(
+    attn, states: torch.Tensor, cos_sin: tuple, allowed: torch.Tensor, image_at: torch.Tensor, heads: torch.Tensor
+) -> torch.Tensor:
+    """(batch, heads, visual queries, keys) log attention probabilities of a Llama attention layer's `heads` at the
+    visual positions `image_at`, from the layer's input, over the first `allowed.shape[-1]` keys (`allowed`: causal
+    and padding mask, (batch, visual queries, keys)); training runs sdpa, which returns no probabilities."""
+    images, end = image_at.shape[0], allowed.shape[-1]
+    cos, sin = (merged_rotary(part, attn).expand(images, -1, -1)[:, :end] for part in cos_sin)
+    k = attn.k_proj(states[:, :end]).view(images, end, -1, attn.head_dim)
+    k = (k * cos[:, :, None] + rotate_half(k) * sin[:, :, None])[:, :, heads // attn.num_key_value_groups]
+    at = image_at[..., None].expand(-1, -1, attn.head_dim)
+    q = attn.q_proj(states.gather(1, image_at[..., None].expand(-1, -1, states.shape[-1])))
+    q = q.view(*image_at.shape, -1, attn.head_dim)[:, :, heads]
+    q = q * cos.gather(1, at)[:, :, None] + rotate_half(q) * sin.gather(1, at)[:, :, None]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * attn.scaling
+    return scores.masked_fill(~allowed[:, None], float("-inf")).log_softmax(-1)
 
 
 def union_target(task: str, item: dict) -> torch.Tensor:
@@ -110,7 +150,8 @@ def train(args: argparse.Namespace) -> None:
         layers[args.field_layer].register_forward_hook(
             lambda m, a, output: captured.update(fields=output[0] if isinstance(output, tuple) else output)
         )
-    for index in args.guide_layers:
+    v2v_layers = range(len(layers)) if args.v2v_layers is None else args.v2v_layers
+    for index in sorted({*args.guide_layers, *v2v_layers}):
         layers[index].self_attn.register_forward_hook(
             lambda m, a, kw, output, i=index: captured.update(
                 {("guide", i): (kw["hidden_states"], kw["position_embeddings"])}
@@ -118,7 +159,7 @@ def train(args: argparse.Namespace) -> None:
             with_kwargs=True,
         )
     end_id, sink_id = tokenizer.convert_tokens_to_ids(ANSWER_END), tokenizer.convert_tokens_to_ids(SINK_TOKEN)
-    cells = grid_cells()
+    cells, neighbours = grid_cells(), causal_neighbours()
     if args.anchor_weight > 0:  # every layer's input, for the drift of the visual tokens from the projector output
         for index, layer in enumerate(layers):
             layer.register_forward_pre_hook(
@@ -194,6 +235,27 @@ def train(args: argparse.Namespace) -> None:
             attention_loss = attention_loss / len(args.guide_layers)
         return field_loss, attention_loss
 
+    def v2v_loss(foreground: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Cross-entropy of the --v2v-heads' attention at every visual query against `neighbourhood_target`, over
+        the keys [sink, visual tokens], mean over the --v2v-layers."""
+        if not args.v2v_heads or not v2v_layers:
+            return torch.zeros(())
+        ids, padding = batch["input_ids"], batch["attention_mask"].bool()
+        images = len(ids)
+        image_at = (ids == config.image_token_id).nonzero()[:, 1].view(images, -1)
+        keys_at = torch.cat([(ids == sink_id).int().argmax(1, keepdim=True), image_at], 1)
+        end = int(image_at.max()) + 1  # visual queries see nothing later
+        target = neighbourhood_target(foreground.view(images, -1), neighbours)[:, None]
+        heads = torch.tensor(args.v2v_heads)
+        allowed = (torch.arange(end)[None, None] <= image_at[..., None]) & padding[:, None, :end]
+        total = torch.zeros(())
+        for index in v2v_layers:
+            states, cos_sin = captured["guide", index]
+            log_probs = visual_attention(layers[index].self_attn, states, cos_sin, allowed, image_at, heads)
+            picked = log_probs.gather(3, keys_at[:, None, None].expand(-1, len(heads), image_at.shape[1], -1))
+            total = total - (target * picked.clamp_min(-1e4)).sum(-1).mean()
+        return total / len(v2v_layers)
+
     def lr_at(step: int) -> float:
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
@@ -214,13 +276,16 @@ def train(args: argparse.Namespace) -> None:
         loss = loss_sum.sum() / counts.sum()
         dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
         field_loss, attention_loss = guide_losses(guides, batch, labels)
+        v2v = v2v_loss(targets[:, 0] > 0, batch)
         anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
         optimizer.zero_grad(set_to_none=True)
-        total = loss + args.aux_weight * (dense + field_loss) + args.guide_weight * attention_loss
+        total = loss + args.aux_weight * (dense + field_loss) + args.guide_weight * (attention_loss + v2v)
         (total + args.anchor_weight * anchor).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        window.append((tasks, (loss_sum / counts).detach(), torch.stack([dense, field_loss, attention_loss, anchor])))
+        window.append(
+            (tasks, (loss_sum / counts).detach(), torch.stack([dense, field_loss, attention_loss, v2v, anchor]))
+        )
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             by_task: dict[str, list[float]] = {}
             for step_tasks, per_example, _ in window:
@@ -251,6 +316,11 @@ def train(args: argparse.Namespace) -> None:
     print(f"trained {args.steps} steps in {elapsed / 60:.1f} min; saved to {out}", flush=True)
 
 
+def integers(text: str) -> list[int]:
+    """A comma-separated list of integers; '' is the empty list."""
+    return [int(i) for i in text.split(",") if i]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,9 +336,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=6, help="questions per training image (lookup; reading has 1)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--field-layer", type=int, default=2, help="layer taught what the question asks (-1: none)")
-    parser.add_argument("--guide-layers", type=lambda text: [int(i) for i in text.split(",") if i],
-                        default=[3, 5, 7, 9], help="guided decoder layers, comma-separated ('': none)")  # fmt: skip
+    parser.add_argument("--field-layer", type=int, default=1, help="layer taught what the question asks (-1: none)")
+    parser.add_argument(
+        "--guide-layers",
+        type=integers,
+        default=[2, 3, 5, 7],
+        help="decoder layers whose heads 0 (and 1) are guided at answer positions ('': none)",
+    )
+    parser.add_argument(
+        "--v2v-layers",
+        type=integers,
+        help="decoder layers whose --v2v-heads are guided at visual queries (default: all; '': none)",
+    )
+    parser.add_argument("--v2v-heads", type=integers, default=[2, 3], help="heads guided at visual queries")
     parser.add_argument("--guide-heads", type=int, default=2, choices=(1, 2), help="guided heads in each of them")
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--guide-weight", type=float, default=1.0)
