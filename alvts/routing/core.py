@@ -4,8 +4,9 @@ the other visual tokens skip it unchanged and are put back in place. Knows no mo
 Mechanics: each decoder layer's `forward` is replaced on the instance
 (class, parameter names and output-capture hooks stay stock). The replacement gathers the kept tokens, with their
 rotary (cos, sin), into a sub-sequence in original order (a sample that keeps fewer than the widest fills its spare
-slots with unkept tokens, masked out and put back unchanged), builds that layer's own causal mask against its own
-cache length, calls the stock layer, and scatters the outputs back. A forward pre-hook on the multimodal
+slots, after all its kept ones, with unkept tokens: causal attention hides them from every kept token, the cache
+marks them invalid, and they are put back unchanged), builds that layer's own causal mask against its own cache
+length, calls the stock layer, and scatters the outputs back. A forward pre-hook on the multimodal
 model reads which tokens are visual and valid, plans every layer's gather width in one host transfer (layers never
 wait on the device), and swaps in a `RoutedCache` or `RoutedStaticCache`; a hook on the language model advances the
 cache's logical length. The decode step of a static cache traces as one graph (torch.compile, fullgraph).
@@ -91,12 +92,26 @@ class _Call:
     cache: RoutedCache | RoutedStaticCache | None
     plans: list[_LayerPlan]
     rank_base: torch.Tensor | None = None  # (batch, seq) fp32: +inf at valid text, -inf at padding (ranked first/last)
-    kept: torch.Tensor | None = None  # (layers, batch, 1) tokens each sample keeps at each layer
+    slots: list[SlotLayout | None] = field(default_factory=list)  # per layer, for padded gathered layers
     rows: torch.Tensor | None = None  # (batch, 1) row indices, for gathering (batch, width) slots
     shared_rows: torch.Tensor | None = None  # (batch, 1) zeros: every row reads a batch-shared rotary table
     previous_hidden: torch.Tensor | None = None  # last layer's input, kept only for policies that ask
     positions: torch.Tensor | None = None  # logical positions of the call's tokens (-1: padding), shared by layers
-    causal: torch.Tensor | None = None  # (seq, seq) bool lower triangle, for padded layers' sdpa masks
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where a padded layer's spare slots are: after each row's `kept` tokens. Depends only on the budgets, so the
+    pre-hook builds it once per forward for every layer with the same budgets."""
+
+    valid: torch.Tensor  # (batch, width) bool: slot j < kept
+    shift: torch.Tensor  # (batch, width) long: 0 at kept slots, seq at spare ones (sorts spare slots last)
+    valid_column: torch.Tensor  # (batch, width, 1) bool: `valid` against hidden states
+
+    @classmethod
+    def build(cls, kept: torch.Tensor, width: int, seq: int) -> SlotLayout:
+        valid = torch.arange(width, device=kept.device) < kept
+        return cls(valid, (~valid).long() * seq, valid[..., None])
 
 
 @dataclass(frozen=True)
@@ -113,20 +128,25 @@ def rank_base(valid: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
 
 
 def select_slots(
-    scores: torch.Tensor, visual: torch.Tensor, base: torch.Tensor, kept: torch.Tensor | None, width: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The tokens one routed layer gathers: each row's valid text and its highest-scoring visual tokens, `width`
-    slots in original order (so causal-by-slot is causal-by-position).
+    scores: torch.Tensor, visual: torch.Tensor, base: torch.Tensor, width: int, slots: SlotLayout | None = None
+) -> torch.Tensor:
+    """`(batch, width)` indices of the tokens one routed layer gathers: each row's valid text and its highest-scoring
+    visual tokens in original order (so causal-by-slot is causal-by-position).
 
-    `kept (batch, 1)` is how many tokens each row keeps (text + its budget); rows that keep fewer than `width` fill
-    the rest with their next-ranked tokens, marked invalid in `slot_valid` (None: every slot is kept). Visual ties go
-    to the earlier position; NaN scores rank last among visual tokens. Returns `idx (batch, width)`, `slot_valid`.
-    """
+    With `slots`, rows that keep fewer than `width` tokens fill their spare slots with their next-ranked tokens,
+    in original order after every kept one (causal attention then hides them from the kept tokens). Visual ties go
+    to the earlier position; NaN scores rank last among visual tokens."""
     finfo = torch.finfo(torch.float32)
     visual_keys = scores.float().nan_to_num(nan=finfo.min, posinf=finfo.max, neginf=finfo.min)
     ranked = torch.where(visual, visual_keys, base).sort(dim=1, descending=True, stable=True).indices[:, :width]
-    idx, rank = ranked.sort(dim=1)
-    return idx, None if kept is None else rank < kept
+    if slots is None:
+        return ranked.sort(dim=1).values
+    return (ranked + slots.shift).sort(dim=1).values - slots.shift
+
+
+def _no_past_keys(cache: RoutedCache | RoutedStaticCache | None, layer_idx: int) -> bool:
+    """Whether a layer's queries are its only keys (called only where a compiled decode step never goes)."""
+    return cache is None or cache.get_query_offset(layer_idx) == 0
 
 
 class Router:
@@ -260,7 +280,17 @@ class Router:
         if all(plan.width is None for plan in plans):
             return _Call(valid, visual, cache, plans=plans)
         rows = torch.arange(valid.shape[0], device=valid.device)[:, None]
-        return _Call(valid, visual, cache, plans, rank_base(valid, visual), kept[..., None], rows, rows * 0)
+        layouts: dict[tuple, SlotLayout] = {}
+        slots = []
+        for layer_idx, (plan, counts) in enumerate(zip(plans, kept_rows, strict=True)):
+            if plan.width is None or not plan.padded:
+                slots.append(None)
+                continue
+            key = (plan.width, tuple(counts))
+            if key not in layouts:
+                layouts[key] = SlotLayout.build(kept[layer_idx, :, None], plan.width, seq)
+            slots.append(layouts[key])
+        return _Call(valid, visual, cache, plans, rank_base(valid, visual), slots, rows, rows * 0)
 
     def _routed_cache(self, cache: Any, use_cache: bool) -> RoutedCache | RoutedStaticCache | None:
         if isinstance(cache, (RoutedCache, RoutedStaticCache)):
@@ -324,16 +354,13 @@ class Router:
         mask_2d = slot_valid if plan.padded else None  # None: nothing padded, the stock causal path (is_causal)
         if cache is not None:
             mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid, plan), padded=plan.padded)
+        if idx is not None and _no_past_keys(cache, layer_idx):
+            mask_2d = None  # spare slots come after every kept token: the causal mask alone hides them
         sdpa = self.text_config._attn_implementation == "sdpa"
-        if mask_2d is None and sdpa and (sub.shape[1] == 1 or cache is None or cache.get_query_offset(layer_idx) == 0):
+        if mask_2d is None and sdpa and (sub.shape[1] == 1 or _no_past_keys(cache, layer_idx)):
             layer_mask = None  # what create_causal_mask returns here (is_causal), without its per-layer Python cost
         elif mask_2d is not None and sdpa and sub.shape[1] == 1:
             layer_mask = mask_2d[:, None, None, :]  # one query, the newest: it sees every valid key (sdpa's bool mask)
-        elif mask_2d is not None and sdpa and mask_2d.shape[1] == sub.shape[1]:  # no past keys: causal & valid keys
-            if call.causal is None:
-                call.causal = torch.ones(seq, seq, dtype=torch.bool, device=sub.device).tril()
-            width = sub.shape[1]
-            layer_mask = call.causal[:width, :width] & mask_2d[:, None, None, :]
         else:
             # a padded mask is never all ones: skip the is_causal check (a sync)
             layer_mask = causal_mask(self.text_config, sub, mask_2d, cache, layer_idx, mask_2d is None)
@@ -348,8 +375,8 @@ class Router:
         )
         if idx is None:
             return out
-        if slot_valid is not None:
-            out = torch.where(slot_valid[..., None], out, sub)  # padding slots put their skipped token back unchanged
+        if slot_valid is not None:  # spare slots put their skipped token back unchanged
+            out = torch.where(call.slots[layer_idx].valid_column, out, sub)
         return hidden_states.index_put((call.rows, idx), out)
 
     @staticmethod
@@ -368,7 +395,7 @@ class Router:
         offset = call.cache.logical_len
         if idx is not None:
             positions = idx + offset if isinstance(offset, torch.Tensor) or offset else idx
-            return positions if slot_valid is None else positions.masked_fill(~slot_valid, -1)
+            return positions if slot_valid is None else torch.where(slot_valid, positions, -1)
         if not plan.padded:
             return call.valid.shape[1]
         if call.positions is None:
@@ -407,7 +434,8 @@ class Router:
                 f"Policy {self.policy!r} returned scores of shape {got} at layer {layer_idx}; expected one score "
                 f"per token, shape (batch, seq) = {tuple(visual.shape)}."
             )
-        kept = call.kept[layer_idx] if plan.padded else None
-        idx, slot_valid = select_slots(scores, visual, call.rank_base, kept, plan.width)
+        slots = call.slots[layer_idx]
+        idx = select_slots(scores, visual, call.rank_base, plan.width, slots)
+        slot_valid = None if slots is None else slots.valid
         self.state.selected.record_gathered(layer_idx, idx, slot_valid)
         return idx, slot_valid

@@ -5,7 +5,7 @@ import torch
 
 import alvts
 from alvts.routing import KeepSchedule, get_adapter
-from alvts.routing.core import rank_base, select_slots
+from alvts.routing.core import SlotLayout, rank_base, select_slots
 from alvts.testing import DEFAULT_IMAGES, tiny_inputs, tiny_model
 
 
@@ -13,23 +13,21 @@ def test_select_slots_keeps_text_and_top_visual_in_order_ties_to_earlier():
     visual = torch.tensor([[False, True, True, True, True], [True, True, True, True, True]])
     valid = torch.ones_like(visual)
     scores = torch.tensor([[5.0, 1.0, 1.0, 1.0, 9.0], [0.0, 3.0, 2.0, 2.0, 1.0]])
-    kept = torch.tensor([[3], [3]])  # row 0: its text token and 2 visual ones; row 1: 3 visual tokens
-    idx, slot_valid = select_slots(scores, visual, rank_base(valid, visual), kept, width=3)
-    assert idx.tolist() == [[0, 1, 4], [1, 2, 3]]
-    assert slot_valid.tolist() == [[True] * 3] * 2
+    # row 0: its text token and 2 visual ones; row 1: 3 visual tokens
+    assert select_slots(scores, visual, rank_base(valid, visual), width=3).tolist() == [[0, 1, 4], [1, 2, 3]]
 
 
-def test_select_slots_fills_short_rows_with_distinct_unkept_tokens():
-    """Row 1 keeps 2 of the 4 slots; the other two hold its next-ranked tokens (a NaN-scored visual token, then a
-    padding column), marked invalid, so scattering every slot back is well defined."""
+def test_select_slots_fills_short_rows_with_distinct_unkept_tokens_after_the_kept_ones():
+    """Row 1 keeps 2 of the 4 slots; the other two hold its next-ranked tokens (a NaN-scored visual token and a
+    padding column) after its kept ones, marked invalid, so causal attention hides them and scattering every slot
+    back is well defined."""
     visual = torch.tensor([[True, True, True, False], [False, True, True, False]])
     valid = torch.tensor([[True, True, True, True], [False, True, True, True]])
     scores = torch.tensor([[1.0, 2.0, 3.0, 0.0], [0.0, float("nan"), 3.0, 0.0]])
-    kept = torch.tensor([[4], [2]])
-    idx, slot_valid = select_slots(scores, visual, rank_base(valid, visual), kept, width=4)
-    assert idx.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
-    assert slot_valid.tolist() == [[True] * 4, [False, False, True, True]]
-    assert select_slots(scores, visual, rank_base(valid, visual), None, width=3)[1] is None
+    slots = SlotLayout.build(torch.tensor([[4], [2]]), width=4, seq=4)
+    idx = select_slots(scores, visual, rank_base(valid, visual), width=4, slots=slots)
+    assert idx.tolist() == [[0, 1, 2, 3], [2, 3, 0, 1]]
+    assert slots.valid.tolist() == [[True] * 4, [True, True, False, False]]
 
 
 def test_budget_floor_and_minimum():
