@@ -8,9 +8,9 @@ after each step (synchronising on CUDA, as generate's own stopping check does ea
   ttft   time to first token: generate() entry to the first step's logits (prefill + first LM head);
   tpot   time per output token after the first: (total - ttft) / (T - 1);
   tok/s  batch * T / total.
-Memory, from one untimed generate() per variant: KV-cache bytes (keys + values of every layer, as stored) and, on
-CUDA, the peak allocated bytes during the call. At keep K the routed cache should hold what the ideal one holds: the
-text plus k visual tokens per layer.
+Memory, from one untimed generate() per variant: KV-cache bytes (keys + values of every layer, as stored), in total
+and per layer with each layer's slots (keys stored per sample), and, on CUDA, the peak allocated bytes during the
+call. At keep K the routed cache should hold what the ideal one holds: the text plus k visual tokens per layer.
 
 `--cache static` runs every variant with `cache_implementation="static"` (a `RoutedStaticCache` when routed, each
 layer sized for its own keys); `--compile` also compiles the decoding steps as generate() does for static caches on
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import platform
 import statistics
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 import transformers
-from prefill import PRESETS, LowRankScorer, build_config, image_features, kept_tokens, prefill_call
+from prefill import PRESETS, LowRankScorer, build_config, image_features, kept_tokens, prefill_call, print_rows
 from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 
 import alvts
@@ -55,9 +56,12 @@ class StepClock(LogitsProcessor):
         return scores
 
 
-def kv_cache_bytes(cache: Any) -> int:
-    """Bytes of every key and value tensor the cache stores."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+def kv_layers(cache: Any) -> list[tuple[int, int]]:
+    """Per layer: (slots, i.e. keys stored per sample, bytes of its key and value tensors)."""
+    return [
+        (layer.keys.shape[-2], sum(t.numel() * t.element_size() for t in (layer.keys, layer.values)))
+        for layer in cache.layers
+    ]
 
 
 def generate_call(call: dict, new_tokens: int, pad_token_id: int, args: argparse.Namespace) -> dict:
@@ -86,15 +90,15 @@ def timed_generate(model, call: dict, sync) -> tuple[float, float]:
     return (clock.stamps[0] - start) * 1e3, (end - start) * 1e3
 
 
-def memory(model, call: dict, device: str) -> tuple[int, int | None]:
-    """(KV-cache bytes after the call, CUDA peak allocated bytes during it or None on CPU)."""
+def memory(model, call: dict, device: str) -> tuple[list[tuple[int, int]], int | None]:
+    """(per-layer KV-cache slots and bytes after the call, CUDA peak allocated bytes during it or None on CPU)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     model.__dict__.pop("_previous_max_cache_length", None)  # else a static cache is sized for the longest prompt yet
     out = model.generate(**call, return_dict_in_generate=True)
     peak = torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None
-    return kv_cache_bytes(out.past_key_values), peak
+    return kv_layers(out.past_key_values), peak
 
 
 def bench(model, calls: dict, policy: Any, keep: float, args: argparse.Namespace) -> dict:
@@ -106,7 +110,7 @@ def bench(model, calls: dict, policy: Any, keep: float, args: argparse.Namespace
 
     def run(r: int, name: str) -> None:
         if r == rounds:
-            result[name]["kv_bytes"], result[name]["peak_bytes"] = memory(model, calls[name], args.device)
+            result[name]["kv_layers"], result[name]["peak_bytes"] = memory(model, calls[name], args.device)
             return
         ttft, total = timed_generate(model, calls[name], sync)
         if r >= args.warmup:
@@ -131,12 +135,15 @@ def bench(model, calls: dict, policy: Any, keep: float, args: argparse.Namespace
 
 def summarise(samples: dict, batch: int, new_tokens: int) -> dict:
     ttft, total = statistics.median(samples["ttft_ms"]), statistics.median(samples["total_ms"])
+    slots, layer_bytes = (list(x) for x in zip(*samples["kv_layers"], strict=True))
     return dict(
         ttft_ms=ttft,
         total_ms=total,
         tpot_ms=(total - ttft) / max(new_tokens - 1, 1),
         tokens_per_s=batch * new_tokens / total * 1e3,
-        kv_bytes=samples["kv_bytes"],
+        kv_bytes=sum(layer_bytes),
+        kv_layer_slots=slots,
+        kv_layer_bytes=layer_bytes,
         peak_bytes=samples["peak_bytes"],
     )
 
@@ -156,9 +163,21 @@ def print_table(rows: list[dict]) -> None:
                 + [f"{v['kv_bytes'] / 2**20:.2f}", peak]
                 + [f"{v['total_ms'] / ideal['total_ms']:.3f}", f"{v['kv_bytes'] / ideal['kv_bytes']:.3f}"]
             )
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *table, strict=True)]
-    for line in [head, ["-" * w for w in widths], *table]:
-        print("  ".join(str(x).rjust(w) for x, w in zip(line, widths, strict=True)))
+    print_rows(head, table)
+
+
+def print_kv_layers(rows: list[dict]) -> None:
+    """Per-layer KV cache of each variant (runs of equal layers in one line): slots per sample and KiB."""
+    for r in rows:
+        print(f"\nKV cache per layer, batch {r['batch']}: slots per sample (text {r['text_tokens']} + visual "
+              f"{r['visual_tokens']} full, k={r['k']} routed and ideal, + generated) and KiB")  # fmt: skip
+        cols = [zip(r[v]["kv_layer_slots"], r[v]["kv_layer_bytes"], strict=True) for v in VARIANTS]
+        table = []
+        for key, run in itertools.groupby(enumerate(zip(*cols, strict=True)), key=lambda item: item[1]):
+            first, *rest = [i for i, _ in run]
+            layers = f"{first}-{rest[-1]}" if rest else f"{first}"
+            table.append([layers] + [f"{n} ({b / 2**10:.1f})" for n, b in key] + [f"{key[1][1] / key[2][1]:.3f}"])
+        print_rows(["layers", *VARIANTS, "routed/ideal"], table)
 
 
 def parse_args() -> argparse.Namespace:
@@ -215,11 +234,13 @@ def main() -> None:
             calls = {name: generate_call(call, args.new_tokens, tc.pad_token_id or 0, args) for name, call in
                      (("full", full), ("routed", full), ("ideal", ideal))}  # fmt: skip
             samples = bench(model, calls, policy, args.keep, args)
-            row = dict(preset=args.preset, batch=b, visual_tokens=n, k=k, keep=args.keep, new_tokens=args.new_tokens)
+            row = dict(preset=args.preset, batch=b, visual_tokens=n, k=k, keep=args.keep, text_tokens=args.text_tokens)
+            row.update(new_tokens=args.new_tokens)
             row.update({name: summarise(samples[name], b, args.new_tokens) for name in VARIANTS})
             rows.append(dict(row, samples_ms={name: {key: samples[name][key] for key in ("ttft_ms", "total_ms")}
                                                for name in VARIANTS}))  # fmt: skip
     print_table(rows)
+    print_kv_layers(rows)
     if args.json:
         versions = dict(torch=torch.__version__, transformers=transformers.__version__, alvts=alvts.__version__)
         versions["python"] = platform.python_version()
