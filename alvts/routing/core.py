@@ -145,7 +145,7 @@ def select_slots(
 
 
 def _no_past_keys(cache: RoutedCache | RoutedStaticCache | None, layer_idx: int) -> bool:
-    """Whether a layer's queries are its only keys (called only where a compiled decode step never goes)."""
+    """Whether a layer's queries are its only keys (a host sync for a static cache: never in its decode step)."""
     return cache is None or cache.get_query_offset(layer_idx) == 0
 
 
@@ -354,7 +354,7 @@ class Router:
         mask_2d = slot_valid if plan.padded else None  # None: nothing padded, the stock causal path (is_causal)
         if cache is not None:
             mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid, plan), padded=plan.padded)
-        if idx is not None and _no_past_keys(cache, layer_idx):
+        if idx is not None and not isinstance(cache, RoutedStaticCache) and _no_past_keys(cache, layer_idx):
             mask_2d = None  # spare slots come after every kept token: the causal mask alone hides them
         sdpa = self.text_config._attn_implementation == "sdpa"
         if mask_2d is None and sdpa and (sub.shape[1] == 1 or _no_past_keys(cache, layer_idx)):
