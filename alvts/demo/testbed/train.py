@@ -3,14 +3,14 @@
     python -m alvts.demo.testbed.train --out /tmp/testbed/g6     # the defaults are design g6 (README.md)
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
-it holds, its row, column, digit order and lookup grid cell; optionally what the question asks (`FIELDS`) at each
+it holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it; optionally what the question asks (`FIELDS`) at each
 answer position from one decoder layer's output; optionally, in each of the `--guide-layers`, the attention of
 head 0 at the answer positions, pulled toward the visual token that holds that answer token (`answer_guides`' first
 target), and with --guide-heads 2 that of head 1 toward every answer token of the question at once (so prefill's
 last position already looks at every digit a reading answer will need); in each of the `--v2v-layers`, the
-attention of the `--v2v-heads` at every visual query, pulled toward the foreground (non-background) tokens of its
-causal 3 x 3 neighbourhood (`neighbourhood_target`), as real vision-language layers attend locally within objects.
-Every other head and layer is free.
+attention of the `--v2v-heads` at every visual query, pulled toward the centre tokens near it (`centres_target`;
+or, with --v2v-target neighbourhood, the foreground tokens of its causal 3 x 3 neighbourhood) as real
+vision-language layers attend locally within objects. Every other head and layer is free.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ..training_data import (
     FIELDS,
     GUIDES,
     MAX_DIGITS,
+    NEIGHBOUR_SPLITS,
     NUM_CENTRE_CLASSES,
     NUM_COLOUR_CLASSES,
     TrainingStream,
@@ -51,8 +52,9 @@ AUX_NAMES = ("token_loss", "field_loss", "attention_loss", "v2v_loss", "anchor")
 SIDE = 16  # visual tokens per image side
 PROBE_SEED = EVAL_SEED + 1  # progress checks; gonogo uses EVAL_SEED
 GRID_TASKS = ("lookup", "relation")
-# column splits of the dense targets: token_targets' colour, centre, row, column, digit order; then grid row, col
-SPLITS = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, SIDE, SIDE, MAX_DIGITS + 1, GRID + 1, GRID + 1)
+# column splits of the dense targets: token_targets' colour, centre, row, column, digit order; grid row, col; then
+# token_targets' neighbours
+SPLITS = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, SIDE, SIDE, MAX_DIGITS + 1, GRID + 1, GRID + 1, *NEIGHBOUR_SPLITS)
 
 
 def grid_cells() -> torch.Tensor:
@@ -65,21 +67,27 @@ def grid_cells() -> torch.Tensor:
     return torch.stack([row.flatten(), col.flatten()], -1)
 
 
-def causal_neighbours() -> torch.Tensor:
-    """(SIDE * SIDE, SIDE * SIDE) bool: visual key i is visual query j itself or its left, upper-left, upper or
-    upper-right neighbour in the raster grid (the half of its 3 x 3 neighbourhood that causal attention sees)."""
+def causal_neighbours(radius: int = 1) -> torch.Tensor:
+    """(SIDE * SIDE, SIDE * SIDE) bool [query, key]: the key lies within `radius` rows and columns of the query and
+    not after it in raster order (the half of its (2 radius + 1)^2 neighbourhood that causal attention sees)."""
     row, col = torch.arange(SIDE).repeat_interleave(SIDE), torch.arange(SIDE).repeat(SIDE)
     d_row, d_col = row[:, None] - row[None], col[:, None] - col[None]
-    return ((d_row == 0) & (d_col >= 0) & (d_col <= 1)) | ((d_row == 1) & (d_col.abs() <= 1))
+    near = (d_row.abs() <= radius) & (d_col.abs() <= radius)
+    return near & ((d_row > 0) | ((d_row == 0) & (d_col >= 0)))
 
 
-def neighbourhood_target(foreground: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+def neighbourhood_target(marked: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
     """(images, SIDE * SIDE, 1 + SIDE * SIDE) over keys [sink, visual tokens] at each visual query: uniform over the
-    foreground tokens of its causal neighbourhood, or all on the sink when there are none. Every foreground token
-    then receives about the same visual-to-visual attention, wherever it lies; background receives none."""
-    weights = (neighbours[None] & foreground[:, None]).float()
+    `marked` (images, SIDE * SIDE) tokens among its causal `neighbours`, or all on the sink when there are none."""
+    weights = (neighbours[None] & marked[:, None]).float()
     count = weights.sum(-1, keepdim=True)
     return torch.cat([(count == 0).float(), weights / count.clamp_min(1)], -1)
+
+
+V2V_TARGETS = {  # name: (radius, which token_targets column marks the attended tokens)
+    "neighbourhood": (1, 0),  # foreground (colour class not background) tokens of the causal 3 x 3 neighbourhood
+    "centres": (2, 1),  # centre tokens (a shape's or a digit's) within two rows and columns
+}
 
 
 def visual_attention(
@@ -159,7 +167,8 @@ def train(args: argparse.Namespace) -> None:
             with_kwargs=True,
         )
     end_id, sink_id = tokenizer.convert_tokens_to_ids(ANSWER_END), tokenizer.convert_tokens_to_ids(SINK_TOKEN)
-    cells, neighbours = grid_cells(), causal_neighbours()
+    radius, marked_column = V2V_TARGETS[args.v2v_target]
+    cells, neighbours = grid_cells(), causal_neighbours(radius)
     if args.anchor_weight > 0:  # every layer's input, for the drift of the visual tokens from the projector output
         for index, layer in enumerate(layers):
             layer.register_forward_pre_hook(
@@ -173,7 +182,7 @@ def train(args: argparse.Namespace) -> None:
     def dense_loss(tasks: list[str], targets: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Per-visual-token cross-entropies on the projector output (and --dense-layer's input)."""
         grid = torch.cat([cells if task in GRID_TASKS else torch.full_like(cells, -100) for task in tasks])
-        targets = torch.cat([targets[:, :5], grid], 1)
+        targets = torch.cat([targets[:, :5], grid, targets[:, 5:]], 1)
         loss = token_loss(token_head, captured["visual"].reshape(-1, hidden), targets)
         if args.dense_layer >= 0:
             loss = loss + token_loss(deep_head, captured["deep"][image], targets)
@@ -235,7 +244,7 @@ def train(args: argparse.Namespace) -> None:
             attention_loss = attention_loss / len(args.guide_layers)
         return field_loss, attention_loss
 
-    def v2v_loss(foreground: torch.Tensor, batch: dict) -> torch.Tensor:
+    def v2v_loss(marked: torch.Tensor, batch: dict) -> torch.Tensor:
         """Cross-entropy of the --v2v-heads' attention at every visual query against `neighbourhood_target`, over
         the keys [sink, visual tokens], mean over the --v2v-layers."""
         if not args.v2v_heads or not v2v_layers:
@@ -245,7 +254,7 @@ def train(args: argparse.Namespace) -> None:
         image_at = (ids == config.image_token_id).nonzero()[:, 1].view(images, -1)
         keys_at = torch.cat([(ids == sink_id).int().argmax(1, keepdim=True), image_at], 1)
         end = int(image_at.max()) + 1  # visual queries see nothing later
-        target = neighbourhood_target(foreground.view(images, -1), neighbours)[:, None]
+        target = neighbourhood_target(marked.view(images, -1), neighbours)[:, None]
         heads = torch.tensor(args.v2v_heads)
         allowed = (torch.arange(end)[None, None] <= image_at[..., None]) & padding[:, None, :end]
         total = torch.zeros(())
@@ -276,7 +285,7 @@ def train(args: argparse.Namespace) -> None:
         loss = loss_sum.sum() / counts.sum()
         dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
         field_loss, attention_loss = guide_losses(guides, batch, labels)
-        v2v = v2v_loss(targets[:, 0] > 0, batch)
+        v2v = v2v_loss(targets[:, marked_column] > 0, batch)
         anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
         optimizer.zero_grad(set_to_none=True)
         total = loss + args.aux_weight * (dense + field_loss) + args.guide_weight * (attention_loss + v2v)
@@ -348,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
         type=integers,
         help="decoder layers whose --v2v-heads are guided at visual queries (default: all; '': none)",
     )
-    parser.add_argument("--v2v-heads", type=integers, default=[2, 3], help="heads guided at visual queries")
+    parser.add_argument("--v2v-heads", type=integers, default=[0, 1, 2, 3], help="heads guided at visual queries")
+    parser.add_argument("--v2v-target", default="centres", choices=V2V_TARGETS, help="what visual queries attend to")
     parser.add_argument("--guide-heads", type=int, default=2, choices=(1, 2), help="guided heads in each of them")
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--guide-weight", type=float, default=1.0)
