@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_causal_mask, flash_attention_mask
 
 
 def merged_rotary(table: torch.Tensor, attention: nn.Module) -> torch.Tensor:
@@ -37,6 +37,12 @@ def gather_rotary(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return torch.stack([gather_rotary(section, index) for section in table])
     table = table.expand(index.shape[0], -1, -1)
     return table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]))
+
+
+def varlen_attention(attn_implementation: str) -> bool:
+    """Whether an attention implementation takes a 2-D key-validity mask and unpads it into variable-length
+    sequences (flash_attention_2/3/4, Hub flash kernels): transformers gives it `flash_attention_mask`."""
+    return ALL_MASK_ATTENTION_FUNCTIONS.get(attn_implementation) is flash_attention_mask
 
 
 def causal_mask(

@@ -31,6 +31,7 @@ from ..compat import (
     pass_2d_mask,
     skip_stock_mask,
     unused_static_cache_length,
+    varlen_attention,
 )
 from .adapters import FamilyAdapter
 from .budget import KeepSchedule
@@ -183,10 +184,10 @@ class Router:
 
     def _check_attention(self) -> None:
         impl = self.text_config._attn_implementation
-        if impl not in SUPPORTED_ATTENTION:
+        if impl not in SUPPORTED_ATTENTION and not varlen_attention(impl):
             raise ValueError(
-                f"alvts routing supports attn_implementation in {SUPPORTED_ATTENTION}, the model uses {impl!r}. "
-                "Call model.set_attn_implementation('sdpa') first."
+                f"alvts routing supports attn_implementation in {SUPPORTED_ATTENTION} or a varlen one "
+                f"(flash_attention_2/3/4), the model uses {impl!r}. Call model.set_attn_implementation('sdpa') first."
             )
 
     def install(self) -> None:
@@ -254,6 +255,13 @@ class Router:
                 "attention mask over every layer's router logits, but a routed layer's router sees only the tokens "
                 "that go through it. Call without output_router_logits (inference needs no auxiliary loss), or route "
                 "at keep 1.0."
+            )
+        if isinstance(cache, RoutedStaticCache) and varlen_attention(self.text_config._attn_implementation):
+            raise ValueError(
+                f"A static cache with attn_implementation={self.text_config._attn_implementation!r}: varlen kernels "
+                "size keys by each layer's filled length, which a static cache keeps on the device. Use the dynamic "
+                "cache (generate()'s default), or model.set_attn_implementation('sdpa') for static caches and "
+                "compiled decoding."
             )
         self._call = plan
         if isinstance(cache, RoutedStaticCache) and not cache.is_sized:
@@ -356,8 +364,11 @@ class Router:
             mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid, plan), padded=plan.padded)
         if idx is not None and not isinstance(cache, RoutedStaticCache) and _no_past_keys(cache, layer_idx):
             mask_2d = None  # spare slots come after every kept token: the causal mask alone hides them
-        sdpa = self.text_config._attn_implementation == "sdpa"
-        if mask_2d is None and sdpa and (sub.shape[1] == 1 or _no_past_keys(cache, layer_idx)):
+        impl = self.text_config._attn_implementation
+        sdpa = impl == "sdpa"
+        if varlen_attention(impl):
+            layer_mask = mask_2d  # the kernel unpads by key validity and aligns causality at the end (None: causal)
+        elif mask_2d is None and sdpa and (sub.shape[1] == 1 or _no_past_keys(cache, layer_idx)):
             layer_mask = None  # what create_causal_mask returns here (is_causal), without its per-layer Python cost
         elif mask_2d is not None and sdpa and sub.shape[1] == 1:
             layer_mask = mask_2d[:, None, None, :]  # one query, the newest: it sees every valid key (sdpa's bool mask)

@@ -1,16 +1,16 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-    python -m alvts.demo.testbed.train --out /tmp/testbed/g6     # the defaults are design g6 (README.md)
+    python -m alvts.demo.testbed.train --out /tmp/testbed/g10     # the defaults are design g10 (README.md)
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
-it holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it; optionally what the question asks (`FIELDS`) at each
-answer position from one decoder layer's output; optionally, in each of the `--guide-layers`, the attention of
-head 0 at the answer positions, pulled toward the visual token that holds that answer token (`answer_guides`' first
-target), and with --guide-heads 2 that of head 1 toward every answer token of the question at once (so prefill's
-last position already looks at every digit a reading answer will need); in each of the `--v2v-layers`, the
-attention of the `--v2v-heads` at every visual query, pulled toward the centre tokens near it (`centres_target`;
-or, with --v2v-target neighbourhood, the foreground tokens of its causal 3 x 3 neighbourhood) as real
-vision-language layers attend locally within objects. Every other head and layer is free.
+it holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it;
+optionally what the question asks (`FIELDS`) at each answer position from one decoder layer's output; optionally, in
+each of the `--guide-layers`, the attention of head 0 at the answer positions, pulled toward the visual token that
+holds that answer token (`answer_guides`' first target), and with --guide-heads 2 that of head 1 toward every answer
+token of the question at once (so prefill's last position already looks at every digit a reading answer will need);
+in each of the `--v2v-layers`, the attention of the `--v2v-heads` at every visual query, pulled toward the centre
+tokens near it (`centres_target`; or, with --v2v-target neighbourhood, the foreground tokens of its causal 3 x 3
+neighbourhood) as real vision-language layers attend locally within objects. Every other head and layer is free.
 """
 
 from __future__ import annotations
