@@ -4,7 +4,7 @@ refuses a pack on a model it was not fitted on. Attributes load on first use (th
 from .._lazy import lazy_attributes
 
 _WHERE = {
-    "model_fingerprint": ".fingerprint",
+    **dict.fromkeys(["model_fingerprint", "qk_norm_digest"], ".fingerprint"),
     **dict.fromkeys(["CARD_NAME", "CONFIG_NAME", "WEIGHTS_NAME", "SelectorConfig", "SelectorPack"], ".format"),
     **dict.fromkeys(["HubError", "hub_snapshot"], ".hub"),
 }
