@@ -27,7 +27,7 @@ for stage in "${stages[@]}"; do
   case "$stage" in
     tests)  # bf16 parity, routed generate, static cache + compiled decoding on CUDA; the Triton kernel compiled
       (cd .. && python3 -m pytest -q tests/routing/test_cuda.py tests/routing/test_static_cache.py tests/routing/test_syncs.py \
-        tests/kernels tests/routing/test_compile.py) \
+        tests/kernels tests/routing/test_compile.py tests/routing/test_varlen_attention.py) \
         2>&1 | tee "$OUT/tests.log" | tail -5 ;;
     prefill)  # the four prefill shapes (fitted-selector cost stand-in: rank-32 lowrank policy)
       python3 prefill.py --preset qwen2.5-vl-7b --batch-sizes 1,8 --json "$OUT/prefill_qwen.json" | tail -4
