@@ -64,6 +64,31 @@ def exact_match(model, batch: dict) -> torch.Tensor:
     return ((logits.argmax(-1) == labels) | ~scored).all(1).cpu()
 
 
+def query_log_attention(
+    attn,
+    hidden: torch.Tensor,
+    cos_sin: tuple,
+    rows: torch.Tensor,
+    query_at: torch.Tensor,
+    heads: torch.Tensor,
+    allowed: torch.Tensor,
+) -> torch.Tensor:
+    """(n, heads, queries, keys) log attention probabilities of the `heads` of a Qwen2.5-VL or Llama attention layer
+    at positions `query_at` (n, queries) of samples `rows` (n,), over the first `allowed.shape[-1]` keys (`allowed`:
+    (n, queries, keys), causal and padding), as eager attention computes them from the layer's input. Training runs
+    sdpa (eager's mask building alone triples the step time on CPU) and recomputes only the rows a guide loss needs."""
+    n, end = len(rows), allowed.shape[-1]
+    # (n, end, head_dim); Llama shares one table across the batch, Qwen has one per sample
+    cos, sin = (merged_rotary(part, attn).expand(hidden.shape[0], -1, -1)[rows, :end] for part in cos_sin)
+    k = attn.k_proj(hidden[rows, :end]).view(n, end, -1, attn.head_dim)
+    k = (k * cos[:, :, None] + rotate_half(k) * sin[:, :, None])[:, :, heads // attn.num_key_value_groups]
+    at = query_at[..., None].expand(-1, -1, attn.head_dim)
+    q = attn.q_proj(hidden[rows[:, None], query_at]).view(*query_at.shape, -1, attn.head_dim)[:, :, heads]
+    q = q * cos.gather(1, at)[:, :, None] + rotate_half(q) * sin.gather(1, at)[:, :, None]
+    scores = torch.einsum("nqhd,nkhd->nhqk", q, k) * attn.scaling
+    return scores.masked_fill(~allowed[:, None], float("-inf")).log_softmax(-1)
+
+
 def answer_attention(
     attn,
     hidden: torch.Tensor,
@@ -73,20 +98,12 @@ def answer_attention(
     positions: torch.Tensor,
     heads: int,
 ) -> torch.Tensor:
-    """(n, heads, keys) attention probabilities of the first `heads` heads of a Qwen2.5-VL or Llama attention layer
-    at the (rows, positions) queries, as eager attention computes them from the layer's input. Training runs sdpa
-    (eager's mask building alone triples the step time on CPU) and recomputes only the rows the guide loss needs."""
-    batch, keys = hidden.shape[:2]
-    # (n, keys, 1, head_dim); Llama shares one table across the batch, Qwen has one per sample
-    cos, sin = (merged_rotary(part, attn).expand(batch, -1, -1)[rows].unsqueeze(2) for part in cos_sin)
-    k = attn.k_proj(hidden[rows]).view(len(rows), keys, -1, attn.head_dim)
-    k = (k * cos + rotate_half(k) * sin)[:, :, torch.arange(heads, device=k.device) // attn.num_key_value_groups]
-    at = torch.arange(len(rows), device=k.device), positions
-    q = attn.q_proj(hidden[rows, positions]).view(len(rows), -1, attn.head_dim)[:, :heads]
-    q = q * cos[at] + rotate_half(q) * sin[at]
-    scores = torch.einsum("nhd,nkhd->nhk", q, k) * attn.scaling
-    allowed = (torch.arange(keys, device=k.device) <= positions[:, None]) & padding[rows].bool()
-    return scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+    """(n, heads, keys) attention probabilities of the first `heads` heads at the (rows, positions) queries."""
+    keys = hidden.shape[1]
+    allowed = (torch.arange(keys, device=hidden.device) <= positions[:, None]) & padding[rows].bool()
+    head_index = torch.arange(heads, device=hidden.device)
+    log_probs = query_log_attention(attn, hidden, cos_sin, rows, positions[:, None], head_index, allowed[:, None])
+    return log_probs[:, :, 0].exp()
 
 
 def plot_curve(log: list[dict], path: Path, tasks: tuple[str, ...]) -> None:

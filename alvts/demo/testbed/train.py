@@ -25,15 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import LlavaForConditionalGeneration
-from transformers.models.llama.modeling_llama import rotate_half
 
-from ...compat import merged_rotary
 from ...evaluation.inputs import collate
 from ...routing.adapters import get_adapter
 from ..tasks import EVAL_SEED
 from ..tasks.geometry import MARGIN
 from ..tasks.scenes import GRID
-from ..train import answer_attention, exact_match, per_example_loss, save
+from ..train import answer_attention, exact_match, per_example_loss, query_log_attention, save
 from ..training_data import (
     ANSWER_END,
     FIELDS,
@@ -88,24 +86,6 @@ V2V_TARGETS = {  # name: (radius, which token_targets column marks the attended 
     "neighbourhood": (1, 0),  # foreground (colour class not background) tokens of the causal 3 x 3 neighbourhood
     "centres": (2, 1),  # centre tokens (a shape's or a digit's) within two rows and columns
 }
-
-
-def visual_attention(
-    attn, states: torch.Tensor, cos_sin: tuple, allowed: torch.Tensor, image_at: torch.Tensor, heads: torch.Tensor
-) -> torch.Tensor:
-    """(batch, heads, visual queries, keys) log attention probabilities of a Llama attention layer's `heads` at the
-    visual positions `image_at`, from the layer's input, over the first `allowed.shape[-1]` keys (`allowed`: causal
-    and padding mask, (batch, visual queries, keys)); training runs sdpa, which returns no probabilities."""
-    images, end = image_at.shape[0], allowed.shape[-1]
-    cos, sin = (merged_rotary(part, attn).expand(images, -1, -1)[:, :end] for part in cos_sin)
-    k = attn.k_proj(states[:, :end]).view(images, end, -1, attn.head_dim)
-    k = (k * cos[:, :, None] + rotate_half(k) * sin[:, :, None])[:, :, heads // attn.num_key_value_groups]
-    at = image_at[..., None].expand(-1, -1, attn.head_dim)
-    q = attn.q_proj(states.gather(1, image_at[..., None].expand(-1, -1, states.shape[-1])))
-    q = q.view(*image_at.shape, -1, attn.head_dim)[:, :, heads]
-    q = q * cos.gather(1, at)[:, :, None] + rotate_half(q) * sin.gather(1, at)[:, :, None]
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * attn.scaling
-    return scores.masked_fill(~allowed[:, None], float("-inf")).log_softmax(-1)
 
 
 def union_target(task: str, item: dict) -> torch.Tensor:
@@ -255,12 +235,12 @@ def train(args: argparse.Namespace) -> None:
         keys_at = torch.cat([(ids == sink_id).int().argmax(1, keepdim=True), image_at], 1)
         end = int(image_at.max()) + 1  # visual queries see nothing later
         target = neighbourhood_target(marked.view(images, -1), neighbours)[:, None]
-        heads = torch.tensor(args.v2v_heads)
+        heads, rows = torch.tensor(args.v2v_heads), torch.arange(images)
         allowed = (torch.arange(end)[None, None] <= image_at[..., None]) & padding[:, None, :end]
         total = torch.zeros(())
         for index in v2v_layers:
             states, cos_sin = captured["guide", index]
-            log_probs = visual_attention(layers[index].self_attn, states, cos_sin, allowed, image_at, heads)
+            log_probs = query_log_attention(layers[index].self_attn, states, cos_sin, rows, image_at, heads, allowed)
             picked = log_probs.gather(3, keys_at[:, None, None].expand(-1, len(heads), image_at.shape[1], -1))
             total = total - (target * picked.clamp_min(-1e4)).sum(-1).mean()
         return total / len(v2v_layers)
