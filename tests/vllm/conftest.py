@@ -48,8 +48,8 @@ def make_engine(alvts: dict | None = None, *, max_model_len: int = 1024, **kwarg
 
     options = dict(ENGINE_KWARGS) if alvts is None else engine_kwargs(ARCH, **alvts)
     options.update(kwargs)
-    return LLM(
-        model=str(DEMO),
+    options.setdefault("model", str(DEMO))
+    llm = LLM(
         dtype="float32",
         max_model_len=max_model_len,
         max_num_batched_tokens=max_model_len,
@@ -57,6 +57,9 @@ def make_engine(alvts: dict | None = None, *, max_model_len: int = 1024, **kwarg
         kv_cache_memory_bytes=64 << 20,
         **options,
     )
+    if alvts is not None:
+        engine_model(llm).alvts_router.records.clear()  # what the engine's warm-up ran
+    return llm
 
 
 def engine_model(llm: Any) -> Any:

