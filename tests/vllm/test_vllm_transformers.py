@@ -64,7 +64,8 @@ def transformers_run(model, inputs, settings):
         kept = {layer: state.selected[layer][0].nonzero()[:, 0].tolist() for layer in state.selected}
     tokens = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     logprobs = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens, strict=True)]
-    return tokens, logprobs, kept
+    cache = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]  # (kv_heads, keys, head_dim)
+    return tokens, logprobs, kept, cache
 
 
 @pytest.fixture(scope="module", params=list(SETTINGS))
@@ -81,13 +82,39 @@ def runs(request, hf, hf_inputs, prompts):
     got = generate(llm, vllm_inputs, max_tokens=MAX_TOKENS)
     assert [o["prompt_ids"] for o in got] == [inputs["input_ids"][0].tolist() for inputs, _ in hf_inputs]
     records = engine_model(llm).alvts_records()
+    kv = paged_kv(engine_model(llm), records)
     expected = [transformers_run(hf[0], inputs, settings) for inputs, _ in hf_inputs]
     del llm
-    return settings, hf_inputs, got, expected, records
+    return settings, hf_inputs, got, expected, records, kv
+
+
+def paged_kv(model, records) -> dict:
+    """Per request and layer, the keys and values in the first slots of the request's first KV block, as many as the
+    layer's KV length after the last step (each prompt and its new tokens fit one block of 128). Read in the CPU
+    kernel's layout for its "vec" ISA (per block and head: keys as (head_dim, slots), then values as (slots,
+    head_dim)); None on another ISA."""
+    final = {}
+    for record in records:
+        for column, key in enumerate(record["requests"]):
+            final[key] = [record["kv_lens"][layer][column] for layer in sorted(record["kv_lens"])]
+    layers = model.language_model.model.layers
+    if getattr(layers[0].self_attn.attn, "isa", None) != "vec":
+        return None
+    out = {}
+    for key, lens in final.items():
+        for layer_idx, layer in enumerate(layers):
+            cache = layer.self_attn.attn.kv_cache  # (blocks, kv_heads, block_size, 2 * head_dim)
+            _, heads, block_size, width = cache.shape
+            assert lens[layer_idx] <= block_size
+            keys, values = cache[key].reshape(heads, -1).split(block_size * width // 2, dim=1)
+            keys = keys.view(heads, width // 2, block_size).transpose(1, 2)
+            values = values.view(heads, block_size, width // 2)
+            out[key, layer_idx] = (keys[:, : lens[layer_idx]].clone(), values[:, : lens[layer_idx]].clone())
+    return out
 
 
 def test_every_layer_selects_the_same_visual_tokens_as_transformers(runs):
-    _, _, got, expected, records = runs
+    _, _, got, expected, records, _ = runs
     prefill = records[0]
     assert len(prefill["requests"]) == len(expected)  # every prompt prefilled in the first step
     for r, key in enumerate(prefill["requests"]):
@@ -100,8 +127,8 @@ def test_every_layer_selects_the_same_visual_tokens_as_transformers(runs):
 
 
 def test_generates_the_same_tokens_as_transformers(runs):
-    _, _, got, expected, _ = runs
-    for out, (tokens, logprobs, _) in zip(got, expected, strict=True):
+    _, _, got, expected, _, _ = runs
+    for out, (tokens, logprobs, _, _) in zip(got, expected, strict=True):
         assert out["tokens"] == tokens
         vllm_logprobs = [step[t] for step, t in zip(out["logprobs"], tokens, strict=True)]
         # fp32 CPU kernels (vLLM's paged attention and fused norms against torch sdpa): 1e-5 apart at keep 1.0
@@ -109,7 +136,7 @@ def test_generates_the_same_tokens_as_transformers(runs):
 
 
 def test_each_layer_kv_holds_text_plus_kept_and_grows_by_one_per_step(runs):
-    settings, hf_inputs, got, _, records = runs
+    settings, hf_inputs, got, _, records, _ = runs
     keeps = settings["keep"] if isinstance(settings["keep"], list) else [settings["keep"]] * 4
     image_token = 5  # config.json image_token_id
     for r, key in enumerate(records[0]["requests"]):
@@ -122,3 +149,17 @@ def test_each_layer_kv_holds_text_plus_kept_and_grows_by_one_per_step(runs):
         for step, rec in enumerate(steps):
             column = rec["requests"].index(key)
             assert [rec["kv_lens"][layer][column] for layer in range(len(keeps))] == [e + step for e in expected]
+
+
+def test_each_layer_paged_kv_holds_what_transformers_routed_cache_holds_in_order(runs):
+    """The keys and values in each layer's blocks, slot by slot, are those of alvts's routed transformers cache for
+    that layer: text and kept visual tokens in token order, then the generated tokens; nothing of a skipped token."""
+    _, _, _, expected, records, kv = runs
+    if kv is None:
+        pytest.skip("the CPU attention kernel stores KV in the layout of another ISA than 'vec', not decoded here")
+    for r, key in enumerate(records[0]["requests"]):
+        for layer_idx, (keys_hf, values_hf) in enumerate(expected[r][3]):
+            keys, values = kv[key, layer_idx]
+            assert keys.shape == keys_hf.shape
+            torch.testing.assert_close(keys, keys_hf, rtol=0, atol=1e-4)
+            torch.testing.assert_close(values, values_hf, rtol=0, atol=1e-4)
