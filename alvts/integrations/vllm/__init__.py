@@ -18,9 +18,20 @@ from typing import Any
 # routed architecture name -> (module of its class, class name, the stock vLLM architecture it subclasses)
 ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "AlvtsQwen2_5_VLForConditionalGeneration": (
-        "alvts.integrations.vllm.qwen2_5_vl",
+        f"{__name__}.qwen2_5_vl",
         "RoutedQwen2_5_VL",
         "Qwen2_5_VLForConditionalGeneration",
+    ),
+    "AlvtsQwen2VLForConditionalGeneration": (
+        f"{__name__}.qwen2_vl",
+        "RoutedQwen2VL",
+        "Qwen2VLForConditionalGeneration",
+    ),
+    "AlvtsLlavaForConditionalGeneration": (f"{__name__}.llava", "RoutedLlava", "LlavaForConditionalGeneration"),
+    "AlvtsLlavaNextForConditionalGeneration": (
+        f"{__name__}.llava",
+        "RoutedLlavaNext",
+        "LlavaNextForConditionalGeneration",
     ),
 }
 
