@@ -38,15 +38,15 @@ def demo_prompts() -> list[Prompt]:
     return prompts
 
 
-def make_engine(alvts: dict | None = None, *, max_model_len: int = 1024, **kwargs: Any):
-    """A vLLM engine on the demo model in this process (so tests can read the model), fp32, a 64 MiB KV cache;
-    `alvts` routes it (None: stock vLLM with the same engine options)."""
+def make_engine(alvts: dict | None = None, *, max_model_len: int = 1024, architecture: str = ARCH, **kwargs: Any):
+    """A vLLM engine on the demo model (or `model=`, of the stock `architecture`) in this process (so tests can read
+    the model), fp32, a 64 MiB KV cache; `alvts` routes it (None: stock vLLM with the same engine options)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
     from alvts.integrations.vllm import ENGINE_KWARGS, engine_kwargs
 
-    options = dict(ENGINE_KWARGS) if alvts is None else engine_kwargs(ARCH, **alvts)
+    options = dict(ENGINE_KWARGS) if alvts is None else engine_kwargs(architecture, **alvts)
     options.update(kwargs)
     options.setdefault("model", str(DEMO))
     llm = LLM(
@@ -86,3 +86,18 @@ def generate(llm: Any, inputs: list[dict], max_tokens: int = 6) -> list[dict]:
 @pytest.fixture(scope="session")
 def prompts() -> list[Prompt]:
     return demo_prompts()
+
+
+def selections(records: list[dict]) -> list[tuple[dict, list[int]]]:
+    """Each request's kept visual positions per layer and its KV lengths at its prefill, requests in the order they
+    prefilled (the prompts' order; the scheduler may spread them over steps)."""
+    order, kept, kv = [], {}, {}
+    for record in records:
+        for column, key in enumerate(record["requests"]):
+            for layer, by_request in record["kept"].items():
+                if key in by_request:
+                    if key not in kept:
+                        order.append(key)
+                        kv[key] = [record["kv_lens"][i][column] for i in sorted(record["kv_lens"])]
+                    kept.setdefault(key, {})[layer] = by_request[key]
+    return [(kept[key], kv[key]) for key in order]

