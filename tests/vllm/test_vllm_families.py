@@ -1,7 +1,7 @@
-"""Qwen2-VL, LLaVA-1.5 and LLaVA-NeXT: tiny random models of alvts.testing, saved and served by vLLM. Keep 1.0
-through the routed path equals stock vLLM bit for bit; at keep 0.25 (random policy) every layer keeps the same
-visual positions as alvts in transformers, the tokens generated are the same, and each layer's KV holds text + kept.
-"""
+"""Qwen2-VL, LLaVA-1.5, LLaVA-NeXT and Qwen3-VL (with DeepStack): tiny random models of alvts.testing, saved and
+served by vLLM. Keep 1.0 through the routed path equals stock vLLM bit for bit; at keep 0.25 (random
+policy) every layer keeps the same visual positions as alvts in transformers, the tokens generated are the same, and
+each layer's KV holds text + kept."""
 
 import math
 
@@ -28,6 +28,20 @@ OVERRIDES = {
         "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 1e4},
     },
 }
+QWEN3 = {
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "rope_parameters": {
+        "rope_type": "default",
+        "mrope_section": [4, 6, 6],
+        "mrope_interleaved": True,
+        "rope_theta": 1e4,
+    },
+}
+# Qwen3-VL-MoE is left out: stock vLLM 0.32 does not load the tiny MoE checkpoint transformers 5.19 saves (its fused
+# expert weights; the stock engine fails before the plugin is involved)
+OVERRIDES["qwen3_vl"] = QWEN3
 KEEP = 0.25
 MAX_TOKENS = 3
 

@@ -33,6 +33,16 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
         "RoutedLlavaNext",
         "LlavaNextForConditionalGeneration",
     ),
+    "AlvtsQwen3VLForConditionalGeneration": (
+        f"{__name__}.qwen3_vl",
+        "RoutedQwen3VL",
+        "Qwen3VLForConditionalGeneration",
+    ),
+    "AlvtsQwen3VLMoeForConditionalGeneration": (
+        f"{__name__}.qwen3_vl",
+        "RoutedQwen3VLMoe",
+        "Qwen3VLMoeForConditionalGeneration",
+    ),
 }
 
 # what a routed run needs from vLLM's engine arguments (README.md says why each)

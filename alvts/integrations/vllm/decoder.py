@@ -51,9 +51,18 @@ class RoutedDecoderMixin(nn.Module):
             return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         decoder = self.decoder()
         hidden = inputs_embeds if inputs_embeds is not None else decoder.embed_input_ids(input_ids)
-        hidden, residual = self.alvts_router.run_layers(plan, positions, hidden)
+        additions = self.alvts_stream_additions(inputs_embeds)
+        hidden, residual = self.alvts_router.run_layers(plan, positions, hidden, additions=additions)
+        self.alvts_after_forward(inputs_embeds)
         hidden, _ = decoder.norm(hidden, residual)
         return hidden
+
+    def alvts_stream_additions(self, inputs_embeds: torch.Tensor | None) -> dict[int, torch.Tensor] | None:
+        """`{layer: (tokens, hidden)}` the family adds to the residual stream after that layer (DeepStack)."""
+        return None
+
+    def alvts_after_forward(self, inputs_embeds: torch.Tensor | None) -> None:
+        """What the family's stock forward does after its decoder loop."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = super().load_weights(weights)

@@ -233,9 +233,15 @@ class VllmRouter:
 
     # -- the forward -----------------------------------------------------------------------------------------------
     def run_layers(
-        self, plan: StepPlan, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None = None
+        self,
+        plan: StepPlan,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        additions: dict[int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The decoder stack on the step's tokens: stock layers where the plan has none, routed ones elsewhere."""
+        """The decoder stack on the step's tokens: stock layers where the plan has none, routed ones elsewhere;
+        `additions[layer]` is added to every token's stream after that layer, skipped or not (DeepStack)."""
         from vllm.forward_context import get_forward_context
 
         context = get_forward_context()
@@ -244,6 +250,8 @@ class VllmRouter:
             layer_plan = plan.layers[layer_idx]
             if layer_plan is None:
                 hidden, residual = layer(positions, hidden, residual)
+                if additions is not None and layer_idx in additions:
+                    hidden = hidden + additions[layer_idx]
                 if record is not None:
                     record["kv_lens"][layer_idx] = list(plan.seq_lens)
                 continue
@@ -263,6 +271,8 @@ class VllmRouter:
                     context.slot_mapping.pop(name, None)
                 else:
                     context.slot_mapping[name] = saved[1]
+            if additions is not None and layer_idx in additions:
+                hidden = hidden + additions[layer_idx]
             if record is not None:
                 record["kv_lens"][layer_idx] = list(layer_plan.kv_lens)
         if record is not None:
