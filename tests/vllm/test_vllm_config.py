@@ -40,6 +40,16 @@ def test_a_good_config_passes():
     assert config.model_config.architecture == "Alvts" + ARCH
 
 
+def test_settings_may_come_in_additional_config_but_not_twice():
+    from alvts.integrations.vllm.config import RoutingConfig
+
+    settings = {"policy": "random", "keep": 0.5, "policy_options": {"seed": 3}}
+    config = engine_config(None, additional_config={"alvts": settings})
+    assert RoutingConfig.from_vllm(config) == RoutingConfig(**settings)
+    message = refused({"policy": "random", "keep": 0.25}, additional_config={"alvts": settings})
+    assert "give them once" in message
+
+
 @pytest.mark.parametrize(
     ("alvts", "message"),
     [
