@@ -189,6 +189,8 @@ def check_engine(vllm_config: VllmConfig) -> ResolvedRouting:
         problems.append("pipeline_parallel_size=1: pipeline parallel is not supported (tensor parallel is)")
     if parallel.decode_context_parallel_size > 1:
         problems.append("decode_context_parallel_size=1: decode context parallel is not supported")
+    if getattr(parallel, "use_ubatching", False):
+        problems.append("no micro-batching (enable_dbo=False, ubatch_size=1): one step's metadata is built per ubatch")
     if vllm_config.speculative_config is not None:
         problems.append("no speculative decoding: draft tokens would need per-layer KV lengths too")
     if problems:

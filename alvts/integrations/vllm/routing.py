@@ -47,11 +47,12 @@ class StepInbox:
     visual: torch.Tensor | None = None  # (num_tokens,) bool
     builder_cls: type | None = None
     builder_args: tuple | None = None  # (kv_cache_spec, layer_names, vllm_config, device)
+    builder_kwargs: dict[str, Any] = field(default_factory=dict)
     pool: list[Any] = field(default_factory=list)  # extra builders, one per distinct layer metadata of a step
 
     def builder(self, i: int) -> Any:
         while len(self.pool) <= i:
-            self.pool.append(self.builder_cls(*self.builder_args))
+            self.pool.append(self.builder_cls(*self.builder_args, **self.builder_kwargs))
         return self.pool[i]
 
 
@@ -61,9 +62,13 @@ def routed_backend(backend: type, inbox: StepInbox) -> type:
     stock_builder = backend.get_builder_cls()
 
     class Builder(stock_builder):
-        def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: Any) -> None:
-            super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        def __init__(
+            self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: Any, **kwargs: Any
+        ) -> None:
+            super().__init__(kv_cache_spec, layer_names, vllm_config, device, **kwargs)
+            # the spec holds the kernel's block size, which the block table the builder gets is counted in
             inbox.builder_cls, inbox.builder_args = stock_builder, (kv_cache_spec, layer_names, vllm_config, device)
+            inbox.builder_kwargs = kwargs
 
         def build(self, common_prefix_len: int, common_attn_metadata: Any, *args: Any, **kwargs: Any) -> Any:
             inbox.common = common_attn_metadata
