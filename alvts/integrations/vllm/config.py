@@ -56,6 +56,7 @@ class RoutingConfig:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> RoutingConfig:
+        """The settings in `data` (a JSON object from `source`), with unknown keys and wrong kinds refused."""
         if not isinstance(data, dict):
             raise AlvtsConfigError(f"alvts: {source} must be a JSON object of settings, got {data!r}.")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -101,6 +102,7 @@ class ResolvedRouting:
 
 
 def text_config(hf_config: Any) -> Any:
+    """The language model's config inside a multimodal config."""
     return hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
 
 

@@ -90,7 +90,7 @@ class _Request:
     start: int  # query range [start, end) in the step's flattened tokens
     end: int
     computed: int  # tokens already in its KV before this step (every layer counts them all)
-    visual: torch.Tensor | None  # (end - start,) bool, when this step carries its visual tokens
+    visual: torch.Tensor | None  # (end - start,) bool on the model's device, when this step carries visual tokens
 
 
 @dataclass
@@ -180,6 +180,8 @@ class VllmRouter:
                 skip = [n_visual - k for k in budgets]
             else:
                 mask = None
+            if mask is not None:
+                mask = mask.to(common.query_start_loc.device)
             requests.append(_Request(keys[r], start, end, computed, mask))
             step_skip.append(skip)
             past_skip.append(past)
@@ -323,7 +325,7 @@ class VllmRouter:
                 pieces.append(torch.arange(request.start, request.end, device=stream.device))
                 continue
             x = stream[request.start : request.end]
-            visual = request.visual.to(stream.device)[None]
+            visual = request.visual[None]
             valid = torch.ones_like(visual)
             scores = self.policy.scores(
                 LayerInputs(
