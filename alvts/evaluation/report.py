@@ -11,12 +11,13 @@ PLOT_HINT = "Plotting needs matplotlib: pip install 'alvts[plot]' (or pip instal
 
 
 def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion measured on `n` questions."""
+    """95% Wilson score interval of a proportion measured on `n` questions (it always holds the proportion; at 0 and
+    1 rounding would put a bound a hair inside it)."""
     if n == 0:
         return 0.0, 1.0
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(accuracy, centre - half)), min(1.0, max(accuracy, centre + half))
 
 
 def out_of_reach(rows: Sequence[dict]) -> dict[str, list[tuple[float, str]]]:

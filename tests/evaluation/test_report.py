@@ -31,6 +31,14 @@ def test_wilson_interval_matches_the_formula():
     assert wilson_interval(1.0, 20)[1] == 1.0 and wilson_interval(0.0, 20)[0] == 0.0
 
 
+def test_wilson_interval_holds_the_proportion_at_every_count():
+    """At 100 of 100 the formula's upper bound rounds to 0.9999999999999999, which made a negative error bar."""
+    for n in range(1, 301):
+        for hits in range(n + 1):
+            low, high = wilson_interval(hits / n, n)
+            assert low <= hits / n <= high
+
+
 def test_out_of_reach_methods_are_one_line_each_with_the_reason():
     table = format_table(_rows())
     assert table.count("fastv") == 1
