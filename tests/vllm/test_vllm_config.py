@@ -4,7 +4,6 @@ are loaded, although vLLM holds q and k fused in one projection."""
 
 import json
 import shutil
-import time
 
 import pytest
 
@@ -28,10 +27,9 @@ def engine_config(alvts: dict | None, **options):
 
 
 def refused(alvts: dict | None, **options) -> str:
-    start = time.perf_counter()
+    """The message of a refusal raised while vLLM builds its config (`create_engine_config` starts no engine)."""
     with pytest.raises(Exception) as err:  # noqa: PT011 - vLLM may wrap it; the message is what matters
         engine_config(alvts, **options)
-    assert time.perf_counter() - start < 30  # a config check, not an engine start
     return str(err.value)
 
 

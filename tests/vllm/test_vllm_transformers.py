@@ -135,10 +135,12 @@ def test_generates_the_same_tokens_as_transformers(runs):
         assert max(abs(a - b) for a, b in zip(vllm_logprobs, logprobs, strict=True)) < 1e-4
 
 
-def test_each_layer_kv_holds_text_plus_kept_and_grows_by_one_per_step(runs):
+def test_each_layer_kv_holds_text_plus_kept_and_grows_by_one_per_step(runs, hf):
     settings, hf_inputs, got, _, records, _ = runs
-    keeps = settings["keep"] if isinstance(settings["keep"], list) else [settings["keep"]] * 4
-    image_token = 5  # config.json image_token_id
+    config = hf[0].config
+    layers = config.get_text_config().num_hidden_layers
+    keeps = settings["keep"] if isinstance(settings["keep"], list) else [settings["keep"]] * layers
+    image_token = config.image_token_id
     for r, key in enumerate(records[0]["requests"]):
         ids = hf_inputs[r][0]["input_ids"][0].tolist()
         n_visual = ids.count(image_token)
