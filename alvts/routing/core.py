@@ -98,6 +98,7 @@ class _Call:
     shared_rows: torch.Tensor | None = None  # (batch, 1) zeros: every row reads a batch-shared rotary table
     previous_hidden: torch.Tensor | None = None  # last layer's input, kept only for policies that ask
     positions: torch.Tensor | None = None  # logical positions of the call's tokens (-1: padding), shared by layers
+    attention: str = "sdpa"  # the decoder's attention implementation: "eager", "sdpa" or "varlen"
 
 
 @dataclass(frozen=True)
@@ -182,13 +183,17 @@ class Router:
             )
         self._check_attention()
 
-    def _check_attention(self) -> None:
+    def _check_attention(self) -> str:
+        """The decoder's attention kind ("eager", "sdpa" or "varlen"), or an error saying it cannot be routed."""
         impl = self.text_config._attn_implementation
-        if impl not in SUPPORTED_ATTENTION and not varlen_attention(impl):
+        if varlen_attention(impl):
+            return "varlen"
+        if impl not in SUPPORTED_ATTENTION:
             raise ValueError(
                 f"alvts routing supports attn_implementation in {SUPPORTED_ATTENTION} or a varlen one "
                 f"(flash_attention_2/3/4), the model uses {impl!r}. Call model.set_attn_implementation('sdpa') first."
             )
+        return impl
 
     def install(self) -> None:
         self.check()
@@ -222,7 +227,7 @@ class Router:
     # -- hooks --------------------------------------------------------------------------------------------------
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Read visual/valid tokens of this call, plan its layers and make sure its cache is a routed one."""
-        self._check_attention()
+        attention = self._check_attention()
         if len(args) > len(self._positional):
             raise TypeError(f"{type(module).__name__}.forward takes {len(self._positional)} positional arguments.")
         call = dict(zip(self._positional, args, strict=False), **kwargs)  # not inspect's bind: compile can't trace it
@@ -256,13 +261,14 @@ class Router:
                 "that go through it. Call without output_router_logits (inference needs no auxiliary loss), or route "
                 "at keep 1.0."
             )
-        if isinstance(cache, RoutedStaticCache) and varlen_attention(self.text_config._attn_implementation):
+        if isinstance(cache, RoutedStaticCache) and attention == "varlen":
             raise ValueError(
                 f"A static cache with attn_implementation={self.text_config._attn_implementation!r}: varlen kernels "
                 "size keys by each layer's filled length, which a static cache keeps on the device. Use the dynamic "
                 "cache (generate()'s default), or model.set_attn_implementation('sdpa') for static caches and "
                 "compiled decoding."
             )
+        plan.attention = attention
         self._call = plan
         if isinstance(cache, RoutedStaticCache) and not cache.is_sized:
             keys = [seq if plan.width is None else plan.width for plan in self._call.plans]
@@ -364,9 +370,8 @@ class Router:
             mask_2d = cache.record_keys(layer_idx, self._positions(call, idx, slot_valid, plan), padded=plan.padded)
         if idx is not None and not isinstance(cache, RoutedStaticCache) and _no_past_keys(cache, layer_idx):
             mask_2d = None  # spare slots come after every kept token: the causal mask alone hides them
-        impl = self.text_config._attn_implementation
-        sdpa = impl == "sdpa"
-        if varlen_attention(impl):
+        sdpa = call.attention == "sdpa"
+        if call.attention == "varlen":
             layer_mask = mask_2d  # the kernel unpads by key validity and aligns causality at the end (None: causal)
         elif mask_2d is None and sdpa and (sub.shape[1] == 1 or _no_past_keys(cache, layer_idx)):
             layer_mask = None  # what create_causal_mask returns here (is_causal), without its per-layer Python cost
