@@ -128,12 +128,10 @@ def test_routing_adds_one_host_sync_per_forward(varlen_model):
     assert routed_generate <= stock_generate + new["max_new_tokens"]
 
 
-def test_static_cache_is_refused_with_the_fix(family):
-    model = tiny_model(family, "sdpa")
-    model.set_attn_implementation({"text_config": VARLEN})
-    batch = batch_for(model, 1)
-    with alvts.routed(model, "oracle", keep=0.25), pytest.raises(ValueError, match="static cache.*sdpa"):
-        model.generate(**batch, max_new_tokens=2, cache_implementation="static")
+def test_static_cache_is_refused_with_the_fix(varlen_model):
+    batch = batch_for(varlen_model, 1)
+    with alvts.routed(varlen_model, "oracle", keep=0.25), pytest.raises(ValueError, match="static cache.*sdpa"):
+        varlen_model.generate(**batch, max_new_tokens=2, cache_implementation="static")
 
 
 def _flash_attn_installed() -> bool:
