@@ -11,6 +11,7 @@ from ..routing.budget import KEEP
 
 LOSSES = ("mse+kl", "mse")
 INITS = ("whitened", "svd")
+FORMS = ("rotary", "merged")
 
 
 def parse_layers(spec: str) -> list[int] | None:
@@ -38,6 +39,12 @@ class CalibrationConfig:
     stage_b_steps: int = setting(300, int, "refinement steps per layer, 0 to skip", low=0)
     stage_b_lr: float = setting(1e-2, float, "refinement learning rate", above=0)
     loss: str = setting("mse+kl", str, "refinement loss; mse is the paper's alone", choices=LOSSES)
+    form: str = setting(
+        "rotary",
+        str,
+        "selector form: merged heads with RoPE in rank space, or without positions (the paper's)",
+        choices=FORMS,
+    )
     init: str = setting("whitened", str, "Stage A: data-whitened, or the data-free SVD of B", choices=INITS)
     score: str = setting("v2v*t2v", str, "importance score; t2v alone is an ablation", choices=SCORES)
     held_out_fraction: float = setting(0.25, float, "share of samples held out to measure the fit", above=0, high=0.5)
@@ -47,3 +54,8 @@ class CalibrationConfig:
         if isinstance(self.layers, (list, tuple)):
             self.layers = sorted(set(self.layers))
         check_settings(self)
+        if self.form == "rotary" and self.rank % 2:
+            raise ValueError(
+                f"CalibrationConfig: rank must be even in the rotary form (it rotates pairs of rank dimensions), got "
+                f"{self.rank}; use an even rank, or form 'merged'."
+            )

@@ -1,5 +1,6 @@
-"""Stage A of the selector fit: the rank-R factorisation P_q P_k^T of a layer's merged-head
-bilinear form B that minimises the expected logit error over the calibration data, in closed form."""
+"""Stage A of the selector fit: the rank-R factorisation of a layer's merged-head bilinear form that minimises the
+expected logit error over the calibration data, in closed form (per rotary frequency in the rotary form); Stage B:
+the importance-consistency refinement."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..policies.importance import received_attention_log_scores
+from ..policies.importance import received_attention_log_scores, selector_queries_keys
 
 
 def merged_bilinear_form(attention: nn.Module) -> torch.Tensor:
@@ -23,6 +24,18 @@ def merged_bilinear_form(attention: nn.Module) -> torch.Tensor:
     w_k = attention.k_proj.weight.double().view(-1, d, attention.k_proj.in_features)
     w_k = w_k.repeat_interleave(w_q.shape[0] // w_k.shape[0], dim=0)
     return torch.einsum("hdi,hdj->ij", w_q, w_k) * attention.scaling / w_q.shape[0]
+
+
+def rotary_bilinear_forms(attention: nn.Module) -> torch.Tensor:
+    """`(head_dim / 2, hidden, hidden)` complex128 M_f: the layer's head-mean logit between a query x at position m
+    and a key y at position n is sum_f Re(e^{i theta_f (m - n)} x^T M_f y), RoPE's rotation of frequency pair
+    (f, f + head_dim / 2) written as a complex product. Summed over f at m = n it is `merged_bilinear_form`."""
+    d = attention.head_dim
+    w_q = attention.q_proj.weight.double().view(-1, d, attention.q_proj.in_features)
+    w_k = attention.k_proj.weight.double().view(-1, d, attention.k_proj.in_features)
+    w_k = w_k.repeat_interleave(w_q.shape[0] // w_k.shape[0], dim=0)
+    a, b = (torch.complex(w[:, : d // 2], w[:, d // 2 :]) for w in (w_q, w_k))
+    return torch.einsum("hfi,hfj->fij", a, b.conj()) * attention.scaling / w_q.shape[0]
 
 
 def damp(second_moment: torch.Tensor, damping: float = 1e-4) -> torch.Tensor:
@@ -55,6 +68,30 @@ def fit_low_rank_selector(
     return sq_inv @ (u[:, :rank] * root), sk_inv @ (vh[:rank].T * root)
 
 
+def fit_rotary_selector(
+    forms: torch.Tensor, c_query: torch.Tensor, c_key: torch.Tensor, rank: int, damping: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage A of the rotary form: the whitened SVD of every frequency's form M_f (`rotary_bilinear_forms`), keeping
+    the rank / 2 complex components with the largest singular values over all frequencies (the frequencies'
+    cross terms average out over relative positions, so the squared errors add up per frequency).
+
+    Returns `(P_q, P_k, frequencies)`: `(hidden, rank)` fp64 factors whose columns i and i + rank / 2 are the real
+    and imaginary parts of component i, and the `(rank / 2,)` frequency index of each component."""
+    if rank % 2 or rank // 2 > forms.shape[0] * forms.shape[1]:
+        raise ValueError(f"a rotary selector needs an even rank of at most {2 * forms.shape[0] * forms.shape[1]}")
+    sq, sq_inv = _sqrt_and_inverse_sqrt(damp(c_query.double(), damping))
+    sk, sk_inv = _sqrt_and_inverse_sqrt(damp(c_key.double(), damping))
+    u, s, vh = torch.linalg.svd(sq.to(forms.dtype) @ forms @ sk.to(forms.dtype))
+    top = s.flatten().topk(rank // 2).indices
+    frequency, component = top // s.shape[1], top % s.shape[1]
+    root = s[frequency, component].sqrt()
+    left = sq_inv.to(forms.dtype) @ (u[frequency, :, component] * root[:, None]).T
+    right = sk_inv.to(forms.dtype) @ (vh[frequency, component].conj() * root[:, None]).T
+    order = frequency.argsort(stable=True)  # components grouped by frequency: a deterministic, readable layout
+    p_q, p_k = (torch.cat([m.real, m.imag], 1) for m in (left[:, order], right[:, order]))
+    return p_q, p_k, frequency[order]
+
+
 # -- Stage B: importance-consistency refinement ------------------------------------------------------------------------
 RECALL_RATIOS = (1 / 3, 2 / 9, 1 / 9)
 
@@ -68,14 +105,13 @@ class LayerSample:
     valid: torch.Tensor  # (1, seq) bool
     target: torch.Tensor  # (1, seq) fp32 log S*, -inf off visual tokens
     score: str = "v2v*t2v"  # the form of the target, which the selector reproduces
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary form: `rank_space_rotary` at its frequencies
 
 
 def selector_log_scores(sample: LayerSample, proj: torch.Tensor, log_temp: torch.Tensor) -> torch.Tensor:
     """The selector's log S on one sample (differentiable in `proj` and `log_temp`)."""
-    q, k = (sample.normed.float() @ proj).split(proj.shape[1] // 2, dim=-1)
-    return received_attention_log_scores(
-        q[:, None], k[:, None], log_temp.exp(), sample.visual, sample.valid, score=sample.score
-    )
+    q, k = selector_queries_keys(sample.normed.float(), proj, sample.rotary)
+    return received_attention_log_scores(q, k, log_temp.exp(), sample.visual, sample.valid, score=sample.score)
 
 
 def layer_metrics(samples: list[LayerSample], proj: torch.Tensor, log_temp: torch.Tensor) -> dict[str, float]:

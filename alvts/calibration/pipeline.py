@@ -22,10 +22,18 @@ from ..compat import causal_mask
 from ..offload import execution_device, onloaded
 from ..packs import SelectorConfig, SelectorPack, model_fingerprint
 from ..policies import LowRankSelector
-from ..policies.importance import attention_importance
+from ..policies.importance import attention_importance, rank_space_rotary
 from ..routing import get_adapter
 from .config import CalibrationConfig
-from .fit import LayerSample, fit_low_rank_selector, layer_metrics, merged_bilinear_form, refine_selector
+from .fit import (
+    LayerSample,
+    fit_low_rank_selector,
+    fit_rotary_selector,
+    layer_metrics,
+    merged_bilinear_form,
+    refine_selector,
+    rotary_bilinear_forms,
+)
 
 
 class _StopForward(Exception):
@@ -124,7 +132,7 @@ def calibrate(
     to_fit = [i for i in layers if i not in reused]
     bar.total = len(inputs) + len(to_fit) * (len(inputs) + config.stage_b_steps) + max(layers) * len(inputs)
     bar.set_description("Calibrating")
-    factors, temps, metrics = {}, {}, {}
+    factors, temps, frequencies, metrics = {}, {}, {}, {}
     for i in range(max(layers) + 1):
         layer = decoder_layers[i]
         device = execution_device(layer)  # layers may sit on different devices (device_map)
@@ -137,7 +145,9 @@ def calibrate(
                 with onloaded(layer):
                     saved = _fit_layer(i, layer, adapter, inputs, held_ids, config, lambda: bar.update())
                 _save_layer(progress_dir, i, *saved)
-            factors[i], temps[i], metrics[str(i)] = saved
+            factors[i], temps[i], metrics[str(i)], layer_frequencies = saved
+            if layer_frequencies is not None:
+                frequencies[i] = layer_frequencies
         if i == max(layers):
             break  # no later layer to fit: the samples need not go through this one
         with torch.no_grad():  # advance every sample through the full stock layer
@@ -153,11 +163,12 @@ def calibrate(
         rank=config.rank,
         layers=layers,
         default_keep=config.default_keep,
+        score_form=config.form,
         score=config.score,
         dataset=dict(dataset_info or {}, num_samples=len(inputs), seed=config.seed),
         metrics=metrics,
     )
-    selector = LowRankSelector(factors, temps, config.score, default_keep=config.default_keep)
+    selector = LowRankSelector(factors, temps, config.score, default_keep=config.default_keep, frequencies=frequencies)
     pack = SelectorPack(pack_config, selector, source=None if output_dir is None else str(output_dir))
     if output_dir is not None:
         pack.save_pretrained(output_dir)
@@ -179,16 +190,21 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config, on_step):
     """Statistics (oracle target, second moments in fp64), Stage A, Stage B and metrics for one layer."""
     attn, norm = adapter.attention(layer), adapter.input_norm(layer)
     dim = attn.q_proj.in_features
+    if config.form == "rotary" and inputs[0].position_embeddings[0].shape[-1] != attn.head_dim:
+        raise ValueError(
+            f"layer {i} rotates {inputs[0].position_embeddings[0].shape[-1]} of its {attn.head_dim} head dimensions "
+            "(partial rotary); the rotary selector form needs all of them. Calibrate with --form merged."
+        )
     c_q = torch.zeros(dim, dim, dtype=torch.float64)
     c_k = torch.zeros_like(c_q)
     n_q = n_k = 0
-    train, held = [], []
+    samples = []
     with torch.no_grad():
         for j, x in enumerate(inputs):
             normed = norm(x.hidden)
             target = attention_importance(attn, normed, x.position_embeddings, x.visual, x.valid, score=config.score)
             sample = LayerSample(normed.float().cpu(), x.visual.cpu(), x.valid.cpu(), target.cpu(), config.score)
-            (held if j in held_ids else train).append(sample)
+            samples.append(sample)
             on_step()
             if j in held_ids:
                 continue
@@ -196,11 +212,18 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config, on_step):
             c_q += queries.T @ queries
             c_k += keys.T @ keys
             n_q, n_k = n_q + len(queries), n_k + len(keys)
-    bilinear = merged_bilinear_form(attn).cpu()
     if config.init == "svd":
         c_q = c_k = torch.eye(dim, dtype=torch.float64)
         n_q = n_k = 1
-    pq, pk = fit_low_rank_selector(bilinear, c_q / n_q, c_k / n_k, config.rank)
+    frequencies = None
+    if config.form == "rotary":
+        pq, pk, frequencies = fit_rotary_selector(rotary_bilinear_forms(attn).cpu(), c_q / n_q, c_k / n_k, config.rank)
+        for sample, x in zip(samples, inputs, strict=True):
+            sample.rotary = tuple(t.cpu() for t in rank_space_rotary(x.position_embeddings, attn, frequencies))
+    else:
+        pq, pk = fit_low_rank_selector(merged_bilinear_form(attn).cpu(), c_q / n_q, c_k / n_k, config.rank)
+    train = [s for j, s in enumerate(samples) if j not in held_ids]
+    held = [s for j, s in enumerate(samples) if j in held_ids]
     proj_a, temp_a = torch.cat([pq, pk], dim=1).float(), torch.zeros(())
     stage_a = layer_metrics(held, proj_a, temp_a)
     proj, temp = proj_a, temp_a
@@ -218,7 +241,7 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config, on_step):
         )
     stage_b = layer_metrics(held, proj, temp)
     metrics = {f"A_{k}": v for k, v in stage_a.items()} | {f"AB_{k}": v for k, v in stage_b.items()}
-    return proj.detach(), temp.detach().reshape(()), metrics
+    return proj.detach(), temp.detach().reshape(()), metrics, frequencies
 
 
 def _check_resume(progress_dir: Path, config: CalibrationConfig, model: nn.Module, dataset_info: dict | None) -> None:
@@ -241,11 +264,14 @@ def _load_layer(progress_dir: Path | None, i: int):
         return None
     tensors = load_file(progress_dir / f"layer_{i}.safetensors")
     metrics = json.loads((progress_dir / f"layer_{i}.json").read_text())
-    return tensors["proj"], tensors["log_temp"], metrics
+    return tensors["proj"], tensors["log_temp"], metrics, tensors.get("frequencies")
 
 
-def _save_layer(progress_dir: Path | None, i: int, proj, log_temp, metrics) -> None:
+def _save_layer(progress_dir: Path | None, i: int, proj, log_temp, metrics, frequencies) -> None:
     if progress_dir is None:
         return
     (progress_dir / f"layer_{i}.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    save_file({"proj": proj.contiguous(), "log_temp": log_temp}, progress_dir / f"layer_{i}.safetensors")
+    tensors = {"proj": proj.contiguous(), "log_temp": log_temp}
+    if frequencies is not None:
+        tensors["frequencies"] = frequencies.contiguous()
+    save_file(tensors, progress_dir / f"layer_{i}.safetensors")

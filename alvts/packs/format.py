@@ -78,6 +78,7 @@ class SelectorPack:
             "rank": c.rank,
             "layers": c.layers,
             "score": c.score,
+            "form": c.score_form,
             "fingerprint": c.fingerprint.get("qk_norm_sha256"),
             "weights_sha256": c.weights_sha256,
         }
@@ -94,6 +95,8 @@ class SelectorPack:
         for i in self.config.layers:
             tensors[f"layers.{i}.proj"] = self.selector.factors[i].detach().float().contiguous().cpu()
             tensors[f"layers.{i}.log_temp"] = self.selector.log_temps[i].detach().float().reshape(()).cpu()
+            if i in self.selector.frequencies:
+                tensors[f"layers.{i}.frequencies"] = self.selector.frequencies[i].long().contiguous().cpu()
         save_file(tensors, out / WEIGHTS_NAME, metadata={"format": "pt", "alvts_version": __version__})
         self.config.weights_sha256 = hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest()
         (out / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2, sort_keys=True) + "\n")
@@ -128,11 +131,13 @@ class SelectorPack:
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{weights_path} is not a readable safetensors file ({err}).") from None
         _check_tensors(config, tensors, weights_path)
+        rotary = config.score_form == "rotary"
         selector = LowRankSelector(
             {i: tensors[f"layers.{i}.proj"] for i in config.layers},
             {i: tensors[f"layers.{i}.log_temp"] for i in config.layers},
             config.score,
             default_keep=config.default_keep,
+            frequencies={i: tensors[f"layers.{i}.frequencies"] for i in config.layers} if rotary else None,
         )
         return cls(config, selector, source=str(path_or_repo_id))
 
@@ -202,6 +207,16 @@ def _check_tensors(config: SelectorConfig, tensors: dict[str, Any], path: Path) 
                 f"{path}: layer {i}'s factors have shape {shape}, but {CONFIG_NAME} says rank {config.rank} and hidden "
                 f"size {hidden} (expected {expected}). The pack's files do not belong together; re-save the pack."
             )
+    if config.score_form not in ("rotary", "merged"):
+        raise ValueError(f"{CONFIG_NAME} names score form {config.score_form!r}; alvts knows 'rotary' and 'merged'.")
+    if config.score_form == "rotary":
+        for i in config.layers:
+            found = tensors.get(f"layers.{i}.frequencies")
+            if found is None or tuple(found.shape) != (config.rank // 2,) or found.is_floating_point():
+                raise ValueError(
+                    f"{path}: layer {i} needs integer frequencies of shape ({config.rank // 2},) for the rotary form "
+                    f"{CONFIG_NAME} names. The pack's files do not belong together; re-save the pack."
+                )
     extra = sorted({int(k.split(".")[1]) for k in tensors if k.startswith("layers.")} - set(config.layers))
     if extra:
         raise ValueError(f"{path} holds factors for layers {extra} that {CONFIG_NAME} does not list.")

@@ -61,6 +61,25 @@ def rotated_queries_keys(
     return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: key group g(h) for every query head h
 
 
+def rank_space_rotary(
+    position_embeddings: tuple[torch.Tensor, torch.Tensor], attention, frequencies: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's rotary table `(cos, sin)` at a rotary selector's frequencies, laid out for `rotate` on rank-space
+    vectors: `(batch, seq, rank)`, pair i = columns (i, i + rank / 2)."""
+    cos, sin = (merged_rotary(t, attention)[..., frequencies].float() for t in position_embeddings)
+    return torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+
+
+def selector_queries_keys(
+    normed: torch.Tensor, weight: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-space queries and keys `(batch, 1, seq, rank)` fp32 from one GEMM, rotated when `rotary` is given."""
+    q, k = (normed @ weight).float()[:, None].split(weight.shape[1] // 2, dim=-1)
+    if rotary is not None:
+        q, k = rotate(q, *rotary), rotate(k, *rotary)
+    return q, k
+
+
 def received_attention_log_scores(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -1,7 +1,9 @@
 """The low-rank selector: per layer, one fused GEMM x @ [P_q | P_k] on the input-normed hidden states, causal
 softmax attention in rank space at temperature exp(t), score S = S_V2V * S_T2V in log space (or S_T2V alone, an
-ablation). A selector fitted on some layers only routes those; the others stay dense, or are routed by the
-`uncovered` policy when one is named."""
+ablation). In the rotary form each pair of rank dimensions (i, i + rank / 2) is rotated like a RoPE pair, at the
+frequency of the head dimension `frequencies[layer][i]`, with the layer's own rotary table: positions cost O(L R).
+A selector fitted on some layers only routes those; the others stay dense, or are routed by the `uncovered` policy
+when one is named."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ if TYPE_CHECKING:
 
 
 class LowRankSelector(Policy):
-    """A fitted selector: `factors[layer]` is `(hidden, 2 * rank)` = [P_q | P_k], `log_temps[layer]` a scalar."""
+    """A fitted selector: `factors[layer]` is `(hidden, 2 * rank)` = [P_q | P_k], `log_temps[layer]` a scalar and,
+    in the rotary form, `frequencies[layer]` the `(rank / 2,)` head-dimension index of each rank pair's frequency."""
 
     name = "alvts"
 
@@ -27,6 +30,7 @@ class LowRankSelector(Policy):
         score: str = "v2v*t2v",
         uncovered: Policy | str | None = None,
         default_keep: float | None = None,
+        frequencies: dict[int, torch.Tensor] | None = None,
     ):
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(map(repr, SCORES))}, got {score!r}")
@@ -34,6 +38,10 @@ class LowRankSelector(Policy):
         if not factors or len(ranks) != 1 or ranks.pop() % 2:
             raise ValueError("A selector needs factors of one shape (hidden, 2 * rank) for at least one layer.")
         self.factors, self.score, self.default_keep = factors, score, default_keep
+        self.frequencies = frequencies or {}
+        shapes = {tuple(f.shape) for f in self.frequencies.values()}
+        if self.frequencies and (set(self.frequencies) != set(factors) or shapes != {(self.rank // 2,)}):
+            raise ValueError("A rotary selector needs a (rank / 2,) frequency index for each layer it has factors for.")
         if log_temps is None:
             import torch
 
@@ -48,9 +56,14 @@ class LowRankSelector(Policy):
     def rank(self) -> int:
         return next(iter(self.factors.values())).shape[1] // 2
 
+    @property
+    def form(self) -> str:
+        """ "rotary" (RoPE applied in rank space) or "merged" (content only, the paper's form)."""
+        return "rotary" if self.frequencies else "merged"
+
     def with_uncovered(self, policy: Policy | str | None) -> LowRankSelector:
         """The same fitted factors, with `policy` routing the layers they do not cover."""
-        return LowRankSelector(self.factors, self.log_temps, self.score, policy, self.default_keep)
+        return LowRankSelector(self.factors, self.log_temps, self.score, policy, self.default_keep, self.frequencies)
 
     def uncovered_layers(self, num_layers: int) -> list[int]:
         if self.uncovered is not None:
@@ -79,23 +92,30 @@ class LowRankSelector(Policy):
                     "give that layer keep 1.0, or name a policy for the layers it does not cover."
                 )
             return self.uncovered.scores(inputs)
-        from .importance import received_attention_log_scores
+        from .importance import rank_space_rotary, received_attention_log_scores, selector_queries_keys
 
         x = inputs.normed
-        weight, scale = self._on(inputs.layer_idx, x)
-        q, k = (x @ weight).float().split(self.rank, dim=-1)
-        return received_attention_log_scores(
-            q[:, None], k[:, None], scale, inputs.visual, inputs.valid, score=self.score
-        )
+        weight, scale, frequencies = self._on(inputs.layer_idx, x)
+        rotary = None
+        if frequencies is not None:
+            rotary = rank_space_rotary(inputs.position_embeddings, inputs.attention, frequencies)
+        q, k = selector_queries_keys(x, weight, rotary)
+        return received_attention_log_scores(q, k, scale, inputs.visual, inputs.valid, score=self.score)
 
-    def _on(self, layer_idx: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer's factors in x's dtype and its temperature, moved to x's device once (not at every forward)."""
+    def _on(self, layer_idx: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The layer's factors in x's dtype, its temperature and frequencies, moved to x's device once (not at
+        every forward)."""
         key = (layer_idx, x.device, x.dtype)
         if key not in self._placed:
             weight = self.factors[layer_idx].to(device=x.device, dtype=x.dtype)
-            self._placed[key] = weight, self.log_temps[layer_idx].to(x.device).float().exp()
+            frequencies = self.frequencies.get(layer_idx)
+            self._placed[key] = (
+                weight,
+                self.log_temps[layer_idx].to(x.device).float().exp(),
+                None if frequencies is None else frequencies.to(x.device),
+            )
         return self._placed[key]
 
     def __repr__(self) -> str:
         extra = "" if self.uncovered is None else f", uncovered={self.uncovered!r}"
-        return f"LowRankSelector(layers={sorted(self.factors)}, rank={self.rank}{extra})"
+        return f"LowRankSelector(layers={sorted(self.factors)}, rank={self.rank}, form={self.form!r}{extra})"

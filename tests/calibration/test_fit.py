@@ -1,9 +1,19 @@
-"""Stage A math: planted recovery, optimality of the whitened fit, and the merged-head form with GQA."""
+"""Stage A math: planted recovery, optimality of the whitened fit, the merged-head form with GQA, and the rotary
+form against the layer's own RoPE attention."""
 
+import pytest
 import torch
 
-from alvts.calibration.fit import damp, fit_low_rank_selector, merged_bilinear_form
-from alvts.testing import tiny_model
+from alvts.calibration.fit import (
+    damp,
+    fit_low_rank_selector,
+    fit_rotary_selector,
+    merged_bilinear_form,
+    rotary_bilinear_forms,
+)
+from alvts.policies.importance import rank_space_rotary, rotated_queries_keys, selector_queries_keys
+from alvts.routing import get_adapter
+from alvts.testing import tiny_inputs, tiny_model
 
 
 def _random_second_moment(dim: int, gen: torch.Generator) -> torch.Tensor:
@@ -59,6 +69,52 @@ def test_full_rank_fit_equals_explicit_merged_head_scores_with_gqa():
         k = torch.cat([k[:, :1], k[:, :1], k[:, 1:], k[:, 1:]], dim=1)  # heads 0,1 -> group 0; heads 2,3 -> group 1
         explicit = (q @ k.transpose(-1, -2)).mean(1) * attn.scaling
     assert torch.allclose(ours, explicit, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])  # 1-D RoPE, and M-RoPE's merged sections
+def test_full_rank_rotary_fit_equals_the_layers_head_mean_rope_logits(family):
+    model = tiny_model(family, "eager")
+    captured = {}
+    layer = get_adapter(model).decoder_layers(model)[2]
+    layer.register_forward_pre_hook(lambda m, a, kw: captured.update(kw, x=a[0] if a else None), with_kwargs=True)
+    with torch.no_grad():
+        model(**tiny_inputs(model))
+    attn, hidden = layer.self_attn, captured["x"] if captured["x"] is not None else captured["hidden_states"]
+    normed = layer.input_layernorm(hidden)
+    dim, heads = attn.q_proj.in_features, attn.config.num_attention_heads
+    eye = torch.eye(dim, dtype=torch.float64)
+    rank = heads * attn.head_dim  # every frequency's form has rank <= heads: this rank is exact
+    pq, pk, frequencies = fit_rotary_selector(rotary_bilinear_forms(attn), eye, eye, rank)
+    assert frequencies.shape == (rank // 2,) and int(frequencies.max()) < attn.head_dim // 2
+    rotary = rank_space_rotary(captured["position_embeddings"], attn, frequencies)
+    q, k = selector_queries_keys(normed.double(), torch.cat([pq, pk], 1), tuple(t.double() for t in rotary))
+    ours = (q @ k.transpose(-1, -2)).squeeze(1).double()
+    with torch.no_grad():
+        q_h, k_h = rotated_queries_keys(attn, normed, captured["position_embeddings"])  # the layer's own q_proj, RoPE
+        explicit = (q_h @ k_h.transpose(-1, -2)).mean(1).double() * attn.scaling
+    assert torch.allclose(ours.float(), explicit.float(), atol=1e-4 * explicit.abs().max().item())
+    # without positions the merged form is a different function of the same tokens (RoPE is what the fit adds)
+    merged = normed.double() @ merged_bilinear_form(attn) @ normed.double().transpose(1, 2)
+    assert not torch.allclose(merged.float(), explicit.float(), atol=1e-2 * explicit.abs().max().item())
+
+
+def test_low_rank_rotary_fit_keeps_the_largest_components_over_all_frequencies():
+    gen = torch.Generator().manual_seed(4)
+    frequencies, dim = 3, 10
+    planted = torch.zeros(frequencies, dim, dim, dtype=torch.complex128)
+    strengths = {(0, 0): 5.0, (2, 0): 4.0, (2, 1): 3.0, (1, 0): 0.5}  # (frequency, component): singular value
+    for (f, _), value in strengths.items():
+        u = torch.randn(dim, 1, dtype=torch.complex128, generator=gen)
+        v = torch.randn(dim, 1, dtype=torch.complex128, generator=gen)
+        planted[f] += value * (u / u.norm()) @ (v / v.norm()).conj().T
+    eye = torch.eye(dim, dtype=torch.float64)
+    pq, pk, kept = fit_rotary_selector(planted, eye, eye, rank=6)
+    assert kept.tolist() == [0, 2, 2]  # the three strongest, grouped by frequency; frequency 1's weak one dropped
+    rebuilt = torch.zeros_like(planted)
+    for i, f in enumerate(kept.tolist()):
+        left, right = torch.complex(pq[:, i], pq[:, i + 3]), torch.complex(pk[:, i], pk[:, i + 3])
+        rebuilt[f] += left[:, None] @ right[None].conj()
+    assert torch.allclose(rebuilt[[0, 2]], planted[[0, 2]], atol=1e-6)
 
 
 def _planted_samples(n, gen, a_q, a_k, dim=16, text=(4, 6), n_visual=36):

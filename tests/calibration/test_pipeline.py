@@ -125,7 +125,7 @@ def test_samples_without_an_image_are_refused():
 
 def test_svd_init_is_the_data_free_truncated_svd_of_the_merged_form():
     model = tiny_model("llava", "sdpa")
-    config = CalibrationConfig(rank=4, layers=[1], stage_b_steps=0, init="svd")
+    config = CalibrationConfig(rank=4, layers=[1], stage_b_steps=0, init="svd", form="merged")
     pack = calibrate(model, _samples(model, 3), config)
     adapter = get_adapter(model)
     attention = adapter.attention(adapter.decoder_layers(model)[1])
@@ -133,7 +133,8 @@ def test_svd_init_is_the_data_free_truncated_svd_of_the_merged_form():
     expected = (u[:, :4] * s[:4]) @ vh[:4]
     pq, pk = pack.selector.factors[1].double().chunk(2, dim=1)
     assert torch.allclose(pq @ pk.T, expected, atol=1e-5)
-    whitened = calibrate(model, _samples(model, 3), CalibrationConfig(rank=4, layers=[1], stage_b_steps=0))
+    merged = CalibrationConfig(rank=4, layers=[1], stage_b_steps=0, form="merged")
+    whitened = calibrate(model, _samples(model, 3), merged)
     assert not torch.allclose(whitened.selector.factors[1], pack.selector.factors[1])
 
 
@@ -163,6 +164,8 @@ def test_t2v_score_is_fitted_saved_and_routed(tmp_path):
         (dict(loss="l1"), r"loss must be one of 'mse\+kl', 'mse', got 'l1'"),
         (dict(layers=[-1]), r"layers must be a list of integers >= 0, got \[-1\]"),
         (dict(held_out_fraction=0.9), r"held_out_fraction must be a number in \(0, 0.5\], got 0.9"),
+        (dict(rank=5), r"rank must be even in the rotary form .*, got 5; use an even rank, or form 'merged'"),
+        (dict(form="rope"), r"form must be one of 'rotary', 'merged', got 'rope'"),
     ],
 )
 def test_the_config_refuses_bad_settings_when_made(settings, message):

@@ -88,14 +88,14 @@ def test_recipe_alias_supplies_defaults_and_the_output_folder(qwen_folder, tmp_p
     )
     monkeypatch.setenv(RECIPES_ENV, str(recipes))
     monkeypatch.chdir(tmp_path)
-    cli.main(["--model", "tiny", "--rank", "3", "--device", "cpu"])
-    out = tmp_path / "selectors" / "tiny-r3"
+    cli.main(["--model", "tiny", "--rank", "6", "--device", "cpu"])
+    out = tmp_path / "selectors" / "tiny-r6"
     pack = alvts.SelectorPack.from_pretrained(out)
-    assert pack.config.rank == 3 and pack.config.layers == [0, 1] and pack.config.dataset["num_samples"] == 4
+    assert pack.config.rank == 6 and pack.config.layers == [0, 1] and pack.config.dataset["num_samples"] == 4
     assert pack.config.base_model == str(qwen_folder)
     assert set(json.loads((out / "selector_config.json").read_text())["metrics"]) == {"0", "1"}
-    assert "Saved the selector pack to selectors/tiny-r3" in capsys.readouterr().out
-    err = exit_message(capsys, cli.main, ["--model", "tiny", "--rank", "2", "--out", "selectors/tiny-r3"])
+    assert "Saved the selector pack to selectors/tiny-r6" in capsys.readouterr().out
+    err = exit_message(capsys, cli.main, ["--model", "tiny", "--rank", "2", "--out", "selectors/tiny-r6"])
     assert "holds a calibration run with other settings" in err
 
 

@@ -13,16 +13,20 @@ from alvts.policies import LowRankSelector
 from alvts.testing import tiny_inputs, tiny_model
 
 
-def _pack_for(model, rank=4, layers=(0, 1, 2, 3)):
+def _pack_for(model, rank=4, layers=(0, 1, 2, 3), rotary=False):
     gen = torch.Generator().manual_seed(0)
     dim = model.config.text_config.hidden_size
+    frequencies = {i: torch.randint(0, 8, (rank // 2,), generator=gen) for i in layers} if rotary else None
     selector = LowRankSelector(
-        {i: torch.randn(dim, 2 * rank, generator=gen) for i in layers}, {i: torch.tensor(0.5) for i in layers}
+        {i: torch.randn(dim, 2 * rank, generator=gen) for i in layers},
+        {i: torch.tensor(0.5) for i in layers},
+        frequencies=frequencies,
     )
     name = model.config._name_or_path or type(model).__name__
     config = SelectorConfig(
-        base_model=name, fingerprint=model_fingerprint(model), rank=rank, layers=list(layers), default_keep=0.25
-    )
+        base_model=name, fingerprint=model_fingerprint(model), rank=rank, layers=list(layers), default_keep=0.25,
+        score_form=selector.form,
+    )  # fmt: skip
     return SelectorPack(config, selector)
 
 
@@ -48,6 +52,29 @@ def test_round_trip_and_apply_from_a_folder(llava, tmp_path):
         llava(**batch)
         kept = alvts.routing_state(llava).visual_kept()
     assert kept[0].tolist() == [64, 64] and kept[1:].eq(16).all()
+
+
+def test_a_rotary_pack_keeps_its_frequencies_and_routes_as_saved(llava, tmp_path):
+    pack = _pack_for(llava, rotary=True)
+    pack.save_pretrained(tmp_path)
+    loaded = SelectorPack.from_pretrained(tmp_path)
+    assert loaded.config.score_form == "rotary" and loaded.selector.form == "rotary"
+    for i in range(4):
+        assert torch.equal(loaded.selector.frequencies[i], pack.selector.frequencies[i])
+    batch = tiny_inputs(llava)
+    chosen = []
+    for selector in (pack.selector, loaded.selector):
+        with alvts.routed(llava, selector, keep=0.25), torch.no_grad():
+            chosen.append(llava(**batch).logits)
+    assert torch.equal(chosen[0], chosen[1])
+
+
+def test_a_rotary_config_without_frequencies_is_refused_on_load(llava, tmp_path):
+    _pack_for(llava).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, "score_form": "rotary"}))
+    with pytest.raises(ValueError, match=r"layer 0 needs integer frequencies of shape \(2,\) for the rotary form"):
+        SelectorPack.from_pretrained(tmp_path)
 
 
 def test_pack_for_another_model_is_refused_naming_both(llava, tmp_path):

@@ -30,6 +30,39 @@ def test_selector_scores_are_rank_space_attention_importance():
     assert torch.isneginf(scores[~visual[0]]).all()
 
 
+def test_a_rotary_selector_rotates_each_rank_pair_at_its_frequency():
+    model = tiny_model("llava", "sdpa")
+    gen = torch.Generator().manual_seed(1)
+    factors = {0: torch.randn(64, 8, generator=gen)}
+    frequencies = torch.tensor([0, 3])  # rank 4: pairs (0, 2) and (1, 3) turn at head frequencies 0 and 3
+    selector = LowRankSelector(factors, frequencies={0: frequencies})
+    batch = tiny_inputs(model, [[None]])
+    visual = batch["input_ids"] == model.config.image_token_id
+    seq = visual.shape[1]
+    x = 0.3 * torch.randn(1, seq, 64, generator=gen)
+    angles = torch.arange(seq, dtype=torch.float32)[:, None] * torch.tensor([1.0, 0.1])  # position * theta
+    table = torch.zeros(1, seq, 16)  # head_dim 16 as HF lays it out: cos(angle_f) at columns f and f + 8
+    cos, sin = table.clone(), table.clone()
+    cos[0, :, [0, 3]], sin[0, :, [0, 3]] = angles.cos(), angles.sin()
+    cos[0, :, [8, 11]], sin[0, :, [8, 11]] = angles.cos(), angles.sin()
+    valid = batch["attention_mask"].bool()
+    inputs = alvts.LayerInputs(0, None, None, torch.nn.Identity(), x, visual, valid, (cos, sin))
+    q, k = (x[0] @ factors[0]).split(4, dim=1)
+    as_complex = [torch.complex(t[:, :2], t[:, 2:]) * torch.polar(torch.ones_like(angles), angles) for t in (q, k)]
+    q, k = (torch.cat([z.real, z.imag], 1) for z in as_complex)  # each pair multiplied by e^(i position theta)
+    expected = _importance_by_definition(q, k, visual[0])
+    assert selector.form == "rotary"
+    assert torch.allclose(selector.scores(inputs)[0][visual[0]], expected[visual[0]], atol=1e-4)
+    unrotated = LowRankSelector(factors).scores(inputs)[0][visual[0]]
+    assert not torch.allclose(unrotated, expected[visual[0]], atol=1e-2)
+
+
+def test_a_rotary_selector_needs_frequencies_for_every_layer():
+    factors = {0: torch.zeros(8, 4), 1: torch.zeros(8, 4)}
+    with pytest.raises(ValueError, match=r"a \(rank / 2,\) frequency index for each layer"):
+        LowRankSelector(factors, frequencies={0: torch.tensor([0, 1])})
+
+
 def _importance_by_definition(q, k, visual):
     """log S_V2V(i) + log S_T2V(i) one query row at a time: row j's causal softmax over keys 0..j, then the mean over
     visual query rows and over text query rows of the attention each row pays key i."""

@@ -27,6 +27,7 @@ class RoutedDecoderMixin(nn.Module):
             self.decoder().layers,
             attention=lambda layer: layer.self_attn.attn,
             input_norm=lambda layer: layer.input_layernorm,
+            rotary_embedding=lambda layer: layer.self_attn.rotary_emb,
         )
 
     def decoder(self) -> nn.Module:

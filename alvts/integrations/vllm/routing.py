@@ -113,7 +113,8 @@ class StepPlan:
 
 class VllmRouter:
     """Routes one vLLM decoder stack. `layers` are its decoder layers; `attention(layer)` its vLLM `Attention`;
-    `input_norm(layer)` its input RMSNorm."""
+    `input_norm(layer)` its input RMSNorm; `rotary_embedding(layer)` its rotary embedding (what a rotary-form
+    selector reads positions from)."""
 
     def __init__(
         self,
@@ -121,9 +122,11 @@ class VllmRouter:
         layers: Sequence[nn.Module],
         attention: Callable[[nn.Module], nn.Module],
         input_norm: Callable[[nn.Module], nn.Module],
+        rotary_embedding: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
         self.policy, self.schedule, self.config = resolved.policy, resolved.schedule, resolved.config
         self.layers, self.attention, self.input_norm = list(layers), attention, input_norm
+        self.rotary_embedding = rotary_embedding if getattr(self.policy, "form", None) == "rotary" else None
         self.inbox = StepInbox()
         self.skipped: dict[int, list[int]] = {}  # request key -> visual tokens each layer skipped
         self.records: deque[dict] = deque(maxlen=256)  # with config.record: one entry per routed step
@@ -298,7 +301,7 @@ class VllmRouter:
         record: dict | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         stream = hidden if residual is None else hidden + residual  # what the layer's fused add-norm reads
-        idx = self._select(layer_idx, layer, layer_plan, plan, stream, record)
+        idx = self._select(layer_idx, layer, layer_plan, plan, positions, stream, record)
         sub_hidden, sub_residual = layer(positions[..., idx], hidden[idx], None if residual is None else residual[idx])
         out_hidden = torch.zeros_like(hidden) if residual is None else hidden.clone()
         out_residual = (hidden if residual is None else residual).clone()
@@ -312,6 +315,7 @@ class VllmRouter:
         layer: nn.Module,
         layer_plan: _LayerPlan,
         plan: StepPlan,
+        positions: torch.Tensor,
         stream: torch.Tensor,
         record: dict | None,
     ) -> torch.Tensor:
@@ -327,6 +331,9 @@ class VllmRouter:
             x = stream[request.start : request.end]
             visual = request.visual[None]
             valid = torch.ones_like(visual)
+            rotary = None
+            if self.rotary_embedding is not None:
+                rotary = rotary_table(self.rotary_embedding(layer), positions[..., request.start : request.end])
             scores = self.policy.scores(
                 LayerInputs(
                     layer_idx=layer_idx,
@@ -336,7 +343,7 @@ class VllmRouter:
                     hidden_states=x[None],
                     visual=visual,
                     valid=valid,
-                    position_embeddings=None,
+                    position_embeddings=rotary,
                     _normed=norm(x)[None],
                 )
             )
@@ -354,6 +361,25 @@ class VllmRouter:
         for layer in self.layers:
             q, k = qk(layer)
             yield q, k, self.input_norm(layer).weight
+
+
+def rotary_table(rotary_embedding: nn.Module, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A vLLM rotary embedding at `positions` as transformers lays its table out: `(1, tokens, head_dim)` cos and
+    sin. The vector [1, ..., 1, 0, ..., 0] rotated by the layer's own module holds cos in its first half and sin in
+    its second, whatever its scaling or M-RoPE sections."""
+    head = rotary_embedding.head_size
+    if rotary_embedding.rotary_dim != head or not rotary_embedding.is_neox_style:
+        raise ValueError(
+            "A rotary-form selector pack needs RoPE over the whole head in rotate-half (neox) style; this model "
+            f"rotates {rotary_embedding.rotary_dim} of {head} dimensions (neox style: "
+            f"{rotary_embedding.is_neox_style}). Use a pack calibrated with --form merged."
+        )
+    tokens = positions.shape[-1]
+    unit = torch.zeros(tokens, head, dtype=rotary_embedding.cos_sin_cache.dtype, device=positions.device)
+    unit[:, : head // 2] = 1
+    rotated, _ = rotary_embedding(positions, unit, unit.clone())
+    cos, sin = rotated.float().chunk(2, dim=-1)
+    return torch.cat([cos, cos], -1)[None], torch.cat([sin, sin], -1)[None]
 
 
 def fused_qk(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
