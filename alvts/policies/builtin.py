@@ -12,7 +12,7 @@ from .registry import register_policy
 if TYPE_CHECKING:
     import torch
 
-SCORES = ("v2v*t2v", "t2v")  # the method's product S_V2V * S_T2V, and the text-to-visual term alone (an ablation)
+SCORES = ("v2v*t2v", "t2v", "v2v")  # the method's product S_V2V * S_T2V, and each factor alone (ablations)
 
 
 @register_policy

@@ -35,7 +35,7 @@ def attention_importance(
     score: str = "v2v*t2v",
 ) -> torch.Tensor:
     """log S(i) = log S_V2V(i) + log S_T2V(i) from the layer's real attention, head-averaged
-    (log S_T2V(i) alone for score "t2v").
+    (log S_T2V(i) or log S_V2V(i) alone for score "t2v" or "v2v").
 
     Uses the layer's own q/k projections, RoPE, the causal mask and the padding mask; softmax over all valid keys.
     Returns `(batch, seq)` fp32 with -inf at non-visual positions.
@@ -89,7 +89,7 @@ def received_attention_log_scores(
     chunk_size: int = 512,
     score: str = "v2v*t2v",
 ) -> torch.Tensor:
-    """log S_V2V + log S_T2V (score "v2v*t2v") or log S_T2V (score "t2v") of causal softmax attention
+    """log S_V2V + log S_T2V (score "v2v*t2v"), log S_T2V (score "t2v") or log S_V2V ("v2v") of causal softmax attention
     `softmax(scale * q k^T)`, averaged over heads.
 
     `q`, `k`: `(batch, heads, seq, dim)`. S_V2V(i) is the mean attention visual queries give token i, S_T2V(i) the
@@ -104,9 +104,7 @@ def received_attention_log_scores(
     else:
         received = received_attention_reference(q, k, scale, queries, valid, chunk_size)
     v2v, t2v = (received / queries.sum(-1, keepdim=True).clamp(min=1)).unbind(1)
-    log_s = t2v.clamp(min=1e-30).log()
-    if score == "v2v*t2v":
-        log_s = log_s + v2v.clamp(min=1e-30).log()
+    log_s = sum(part.clamp(min=1e-30).log() for name, part in (("v2v", v2v), ("t2v", t2v)) if name in score)
     return log_s.masked_fill(~visual, float("-inf"))
 
 
