@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parents[1] / "alvts" / "demo" / "model"
+DEMO = Path(__file__).resolve().parents[1] / "alvts" / "demo" / "v1" / "model"
 TASKS = ("lookup", "counting", "existence", "reading", "relation")
 
 

@@ -81,10 +81,11 @@ def exit_message(capsys, main, argv) -> str:
     return capsys.readouterr().err
 
 
-# The fast tier (`pytest -m "not slow"`): every test on one family (Qwen2.5-VL, the demo's), the others' copies and
-# the end-to-end runs of the shipped demo model, command-line subprocesses, the wheel and offloading in the full tier.
+# The fast tier (`pytest -m "not slow"`): every test on one family (Qwen2.5-VL), the others' copies and the end-to-end
+# runs of the demo models, command-line subprocesses, the wheel and offloading in the full tier.
 SLOW_FILES = {
     "test_demo_model.py",
+    "test_demo_v1.py",
     "test_train.py",
     "test_wheel.py",
     "test_offload.py",

@@ -1,6 +1,6 @@
 """Train the demo Qwen2.5-VL from scratch on the task suite and save it like a Hub checkpoint.
 
-    python -m alvts.demo.train --out alvts/demo/model
+    python -m alvts.demo.train --out alvts/demo/v1/model
 
 Seeded and deterministic in its data order; the step count, not the clock, ends training. Writes the model, the
 processor, `training_log.json` and `loss_curve.png` to --out.
@@ -353,7 +353,7 @@ def train(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="alvts/demo/model")
+    parser.add_argument("--out", default="alvts/demo/v1/model")
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1.5e-3)

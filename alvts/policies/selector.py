@@ -1,6 +1,6 @@
 """The low-rank selector: per layer, one fused GEMM x @ [P_q | P_k] on the input-normed hidden states, causal
-softmax attention in rank space at temperature exp(t), score S = S_V2V * S_T2V in log space (or S_T2V alone, an
-ablation). In the rotary form each pair of rank dimensions (i, i + rank / 2) is rotated like a RoPE pair, at the
+softmax attention in rank space at temperature exp(t), score S = S_V2V * S_T2V in log space (or one factor alone,
+an ablation). In the rotary form each pair of rank dimensions (i, i + rank / 2) is rotated like a RoPE pair, at the
 frequency of the head dimension `frequencies[layer][i]`, with the layer's own rotary table: positions cost O(L R).
 A selector fitted on some layers only routes those; the others stay dense, or are routed by the `uncovered` policy
 when one is named."""
@@ -58,7 +58,7 @@ class LowRankSelector(Policy):
 
     @property
     def form(self) -> str:
-        """ "rotary" (RoPE applied in rank space) or "merged" (content only, the paper's form)."""
+        """The selector's form: "rotary" (RoPE applied in rank space) or "merged" (no positions, the paper's)."""
         return "rotary" if self.frequencies else "merged"
 
     def with_uncovered(self, policy: Policy | str | None) -> LowRankSelector:

@@ -15,7 +15,7 @@ SHIPPED = {
     "qwen3-vl-moe": ("Qwen/Qwen3-VL-30B-A3B-Instruct", 32),
     "llava-onevision": ("llava-hf/llava-onevision-qwen2-7b-ov-hf", 32),
     "internvl3": ("OpenGVLab/InternVL3-8B-hf", 32),
-    "demo": ("demo", 16),
+    "demo": ("demo", 32),
 }
 
 

@@ -1,33 +1,31 @@
-"""The shipped demo model: loads offline through the Auto classes, answers held-out questions, ships in the wheel."""
+"""The shipped demo model (the 12-layer LLaVA of `alvts/demo/testbed`): loads offline through the Auto classes,
+answers held-out questions of the tasks it masters at full tokens, needs its image, and keeps the regime in which
+layer-wise selection can be judged: at keep 0.11 on every layer the exact-attention oracle keeps what random
+selection loses. A regression in the model or in the runtime fails here."""
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import transformers
-from packaging.version import Version
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
-from transformers.utils import is_torchvision_available
+from transformers import AutoModelForImageTextToText
 
+from alvts.api import routed
 from alvts.demo import DEMO_MODEL_PATH, TASKS_AT_BAR, is_built, resolve_model_alias
-from alvts.demo.build import build_config, build_processor, build_tokenizer
-from alvts.demo.experiments import attention_shares
 from alvts.demo.tasks import EVAL_SEED
 from alvts.demo.tasks.vocab import BACKGROUND
 from alvts.demo.training_data import held_out
 from alvts.evaluation.harness import generate_answers
-from alvts.evaluation.processor import ImageOnlyQwen2_5_VLProcessor, load_processor
+from alvts.evaluation.processor import load_processor
 from alvts.evaluation.scoring import accuracy_by_task
+from alvts.policies import OraclePolicy, RandomPolicy
 
-REPO = Path(__file__).resolve().parents[2]
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+PER_TASK = 20  # a block used by neither training (TRAIN_SEED) nor the README's evaluation (EVAL_SEED)
+BLOCK = EVAL_SEED + 2
 needs_model = pytest.mark.skipif(
-    not is_built(),
-    reason="the demo model is not trained yet (issue 5): run `python -m alvts.demo.train` to build it",
+    not is_built(), reason="the demo model is not in this checkout: python -m alvts.demo.testbed.train (README)"
 )
 
 
@@ -36,108 +34,57 @@ def demo():
     return AutoModelForImageTextToText.from_pretrained(DEMO_MODEL_PATH).eval(), load_processor(DEMO_MODEL_PATH)
 
 
-@pytest.fixture(scope="module")
-def processor():
-    return build_processor(build_tokenizer(examples_per_task=20))
-
-
-@pytest.fixture
-def saved(processor, tmp_path):
-    """A folder holding the demo processor and config, as a checkpoint has them."""
-    processor.save_pretrained(tmp_path)
-    build_config(processor.tokenizer).save_pretrained(tmp_path)
-    return tmp_path
+def _accuracy(demo, examples, images=None, policy=None):
+    model, processor = demo
+    images = images or [e.image for e in examples]
+    if policy is None:
+        answers = generate_answers(model, processor, images, [e.question for e in examples])
+    else:
+        with routed(model, policy, keep=0.11):
+            answers = generate_answers(model, processor, images, [e.question for e in examples])
+    return accuracy_by_task([e.task for e in examples], [e.answer for e in examples], answers)
 
 
 def test_alias_names_the_packaged_folder():
     assert resolve_model_alias("demo") == str(DEMO_MODEL_PATH)
-    assert resolve_model_alias("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert resolve_model_alias("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
 
 
 @needs_model
 def test_loads_offline_through_the_auto_classes():
-    # AutoImageProcessor builds the PIL processor without torchvision from transformers 5.19 (before, it refuses)
-    auto_image = is_torchvision_available() or Version(transformers.__version__) >= Version("5.19")
     code = (
-        "from transformers import AutoModelForImageTextToText, AutoTokenizer, AutoImageProcessor\n"
-        "import alvts, alvts.demo\n"
+        "from transformers import AutoModelForImageTextToText, AutoProcessor\n"
+        "import alvts.demo\n"
         "path = alvts.demo.DEMO_MODEL_PATH\n"
-        "print(type(AutoModelForImageTextToText.from_pretrained(path)).__name__)\n"
-        "print(type(alvts.load_processor(path)).__name__, len(AutoTokenizer.from_pretrained(path)))\n"
-        + ("print(type(AutoImageProcessor.from_pretrained(path)).__name__)\n" if auto_image else "")
+        "model = AutoModelForImageTextToText.from_pretrained(path)\n"
+        "config = model.config\n"
+        "print(type(model).__name__, config.text_config.num_hidden_layers, config.vision_config.model_type)\n"
+        "print(type(AutoProcessor.from_pretrained(path)).__name__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=OFFLINE, capture_output=True, text=True, check=True)
-    lines = out.stdout.split("\n")
-    assert lines[0] == "Qwen2_5_VLForConditionalGeneration"
-    assert lines[1].split()[0].endswith("Qwen2_5_VLProcessor")
-    assert not auto_image or lines[2].startswith("Qwen2VLImageProcessor")
+    assert out.stdout.split("\n")[:2] == ["LlavaForConditionalGeneration 12 clip_vision_model", "LlavaProcessor"]
 
 
 @needs_model
-def test_answers_held_out_questions_from_the_image(demo):
-    """The tasks the shipped model masters (`TASKS_AT_BAR`, measured by alvts.demo.experiments) reach the issue's
-    95% at full tokens on a block used by neither training nor the issue's evaluation, and fall with a blank image."""
-    model, processor = demo
-    examples = held_out(20, EVAL_SEED + 2, TASKS_AT_BAR)
-    tasks, answers, questions = [e.task for e in examples], [e.answer for e in examples], [e.question for e in examples]
-    images = [e.image for e in examples]
-    full = accuracy_by_task(tasks, answers, generate_answers(model, processor, images, questions))
-    blanks = [Image.new("RGB", image.size, BACKGROUND) for image in images]
-    blank = accuracy_by_task(tasks, answers, generate_answers(model, processor, blanks, questions))
+def test_answers_from_the_image(demo):
+    """The tasks at the bar (`TASKS_AT_BAR`) reach the issue's 95% at full tokens on 200 held-out questions (README);
+    on this smaller block the bar allows one miss in 20. With blank images they fall by at least 30 points."""
+    examples = held_out(PER_TASK, BLOCK, TASKS_AT_BAR)
+    full = _accuracy(demo, examples)
+    blank = _accuracy(demo, examples, images=[Image.new("RGB", e.image.size, BACKGROUND) for e in examples])
     for task in TASKS_AT_BAR:
         assert full[task] >= 0.95, (task, full)
         assert blank[task] <= full[task] - 0.3, (task, full, blank)
 
 
-@pytest.mark.parametrize(("size", "grid"), [((448, 448), (1, 32, 32)), ((336, 224), (1, 16, 24))])
-def test_processor_turns_an_image_into_the_documented_token_count(processor, size, grid):
-    out = processor(
-        images=[Image.new("RGB", size)], text=["<|vision_start|><|image_pad|><|vision_end|>hi"], return_tensors="pt"
-    )
-    tokens = grid[1] * grid[2] // 4  # 14 px patches merged 2 x 2: one token per 28 x 28 pixels
-    assert out["image_grid_thw"].tolist() == [list(grid)]
-    assert out["pixel_values"].shape == (grid[1] * grid[2], 3 * 2 * 14 * 14)
-    image_token_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert (out["input_ids"] == image_token_id).sum() == tokens == size[0] * size[1] // 28**2
-
-
-def test_processor_round_trip(processor, saved):
-    assert json.loads((saved / "processor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
-    example = held_out(1, EVAL_SEED)[0]
-    kwargs = {
-        "images": [example.image],
-        "text": ["<|vision_start|><|image_pad|><|vision_end|>" + example.question],
-        "return_tensors": "pt",
-    }
-    before, after = processor(**kwargs), load_processor(saved)(**kwargs)
-    assert before.keys() == after.keys()
-    assert all((before[key] == after[key]).all() for key in before)
-
-
-def test_auto_processor_or_the_image_only_fallback(saved):
-    if is_torchvision_available():
-        assert type(AutoProcessor.from_pretrained(saved)).__name__ == "Qwen2_5_VLProcessor"
-    else:  # transformers 5.23 needs torchvision for any Qwen-VL processor (huggingface/transformers#48558)
-        with pytest.raises(ImportError, match="Torchvision"):
-            AutoProcessor.from_pretrained(saved)
-        assert isinstance(load_processor(saved), ImageOnlyQwen2_5_VLProcessor)
-
-
 @needs_model
-def test_attention_shares_split_the_answer_attention_and_agree_with_greedy_answers(demo):
-    """The diagnosis of `python -m alvts.demo.experiments --attention`: its first-token accuracy is generate()'s on
-    the same questions, and the sink, asked-for and partial shares are parts of one attention row."""
-    model, processor = demo
-    shares = attention_shares(str(DEMO_MODEL_PATH), 6, EVAL_SEED)
-    examples = held_out(6, EVAL_SEED, ("counting", "existence"))
-    answers = generate_answers(model, processor, [e.image for e in examples], [e.question for e in examples])
-    greedy = accuracy_by_task([e.task for e in examples], [e.answer for e in examples], answers)
-    for task in ("counting", "existence"):
-        rows = [row for group, row in shares.items() if group.startswith(task)]
-        assert sum(row["n"] for row in rows) == 6
-        assert sum(row["accuracy"] * row["n"] for row in rows) / 6 == pytest.approx(greedy[task])
-    for row in shares.values():
-        parts = (row["sink"], row["asked-for"], row["partial / other"])
-        assert all(0 <= part <= 1 for part in parts) and sum(parts) <= 1 + 1e-5
-    negatives = [row for group, row in shares.items() if group.startswith("existence") and "positive" not in group]
-    assert negatives and all(row["asked-for"] == 0 for row in negatives)
+def test_the_oracle_keeps_what_random_selection_loses_at_keep_0_11(demo):
+    """The issue's go/no-go bar, on the two tasks it names: routing every layer at keep 0.11, the oracle keeps at
+    least 85% of full accuracy and random selection at most 60%."""
+    examples = held_out(PER_TASK, BLOCK, ("lookup", "reading"))
+    full = _accuracy(demo, examples)
+    oracle = _accuracy(demo, examples, policy=OraclePolicy())
+    random = _accuracy(demo, examples, policy=RandomPolicy(0))
+    for task in ("lookup", "reading"):
+        assert oracle[task] >= 0.85 * full[task], (task, full, oracle)
+        assert random[task] <= 0.6 * full[task], (task, full, random)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-DEMO = Path(__file__).resolve().parents[2] / "alvts" / "demo" / "model"
+DEMO = Path(__file__).resolve().parents[2] / "alvts" / "demo" / "v1" / "model"  # the Qwen2.5-VL demo
 DEMO_PACK = DEMO.parent / "pack"
 ARCH = "Qwen2_5_VLForConditionalGeneration"
 # (task, seed, image side in pixels): 224 px gives 16 x 16 patches, merged 2 x 2 into 64 visual tokens; 168 px, 36

@@ -54,7 +54,8 @@ class RecordingOracle(OraclePolicy):
 
 
 def answer_tokens(example: Example) -> list[int]:
-    """Visual tokens (raster index) that hold the answer: the asked shape's centre, or every digit's centre."""
+    """Visual tokens (raster index) that hold the answer: the asked shape's centre, every digit's centre, or every
+    counted shape's centre; none for existence and relation (no single token holds their answer)."""
     size = example.image.size[0]
     if example.task == "reading":
         return [centre_token(point, size) for point in _digit_centres(example.scene)]
@@ -103,14 +104,14 @@ def run(
         row["samples"] = [p for p, _ in zip(predictions, range(6), strict=False)]
         table["rows"][name] = row
         print(name, json.dumps(row), flush=True)
-    recall: dict = {task: [] for task in tasks}
+    recall: dict = {task: [] for task in tasks if any(answer_tokens(e) for e in examples if e.task == task)}
     for layer in sorted(oracle.chosen):
         chosen = torch.cat(oracle.chosen[layer])
-        for task in tasks:
+        for task in recall:
             kept = [
-                sum(t in set(chosen[i].tolist()) for t in answer_tokens(e)) / max(1, len(answer_tokens(e)))
+                sum(t in set(chosen[i].tolist()) for t in answer_tokens(e)) / len(answer_tokens(e))
                 for i, e in enumerate(examples)
-                if e.task == task
+                if e.task == task and answer_tokens(e)
             ]
             recall[task].append(round(sum(kept) / len(kept), 3))
     table["answer_token_recall_by_layer"] = recall

@@ -1,6 +1,7 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-    python -m alvts.demo.testbed.train --out /tmp/testbed/g10     # the defaults are design g10 (README.md)
+    python -m alvts.demo.testbed.train --out alvts/demo/model     # the shipped demo: design g10 on all five tasks
+    python -m alvts.demo.testbed.train --out DIR --tasks lookup,reading --steps 1000    # g10's go/no-go (README.md)
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
 it holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it;
@@ -28,7 +29,7 @@ from transformers import LlavaForConditionalGeneration
 
 from ...evaluation.inputs import collate
 from ...routing.adapters import get_adapter
-from ..tasks import EVAL_SEED
+from ..tasks import EVAL_SEED, TASK_TYPES
 from ..tasks.geometry import MARGIN
 from ..tasks.scenes import GRID
 from ..train import answer_attention, exact_match, per_example_loss, query_log_attention, save
@@ -314,14 +315,14 @@ def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-from", help="start from this checkpoint's weights (a second stage)")
     parser.add_argument("--dense-layer", type=int, default=-1, help="per-token targets also here")
-    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
+    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES)
     parser.add_argument("--turns", type=int, default=6, help="questions per training image (lookup; reading has 1)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12)
