@@ -157,7 +157,7 @@ def test_t2v_score_is_fitted_saved_and_routed(tmp_path):
     ("settings", "message"),
     [
         (dict(init="random"), "init must be one of 'whitened', 'svd', got 'random'"),
-        (dict(score="v2v"), r"score must be one of 'v2v\*t2v', 't2v', got 'v2v'"),
+        (dict(score="v2v+t2v"), r"score must be one of 'v2v\*t2v', 't2v', 'v2v', got 'v2v\+t2v'"),
         (dict(rank=0), "rank must be an integer >= 1, got 0"),
         (dict(rank=2.5), "rank must be an integer >= 1, got 2.5"),
         (dict(default_keep=0), r"default_keep must be a number in \(0, 1\], got 0"),

@@ -63,13 +63,13 @@ def test_subprocess_run_writes_a_pack_that_routes_generation(qwen_folder, tmp_pa
     assert (out / "selector_config.json").is_file() and (out / "selectors.safetensors").is_file()
     assert "recall@0.111 stage A" in result.stdout and f"Saved the selector pack to {out}" in result.stdout
     pack = alvts.SelectorPack.from_pretrained(out)
-    assert pack.config.rank == 4 and pack.config.layers == [0, 1, 2, 3]
+    loaded = AutoModelForImageTextToText.from_pretrained(path).eval()
+    assert pack.config.rank == 4 and pack.config.layers == list(range(loaded.config.text_config.num_hidden_layers))
     assert pack.config.dataset == {
         "name": "alvts.demo.tasks", "split": "train", "image_column": "image", "text_column": "question",
         "num_samples": 4, "seed": 0,
     }  # fmt: skip
 
-    loaded = AutoModelForImageTextToText.from_pretrained(path).eval()
     example = make_example(TASK_TYPES[0], 123)
     batch = encode_example(load_processor(str(path)), example.image, example.question)
     alvts.apply(loaded, str(out), keep=0.5)
@@ -162,7 +162,7 @@ def test_data_with_an_empty_image_column_is_refused_before_the_model(qwen_folder
         (["--rank", "4", "--num-samples", "1"], "--num-samples must be an integer >= 2"),
         (["--stage-b-steps", "-1"], "--stage-b-steps must be an integer >= 0"),
         (["--init", "random"], "--init must be one of 'whitened', 'svd', got 'random'"),
-        (["--score", "v2v"], r"--score must be one of 'v2v\*t2v', 't2v'"),
+        (["--score", "t2v*v2v"], r"--score must be one of 'v2v\*t2v', 't2v', 'v2v'"),
         (["--loss", "l1"], r"--loss must be one of 'mse\+kl', 'mse'"),
         (["--rank", "4", "--layers", "3-1"], "invalid layer spec '3-1'"),
         (["--rank", "4", "--layers", "first"], "invalid layer spec 'first'"),
