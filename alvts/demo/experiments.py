@@ -1,9 +1,10 @@
 """Does the demo model use its visual tokens? Accuracy per task at full tokens, with blank images, and at keep ratio
 `keep` per layer through the runtime: random tokens, the oracle's top-k, and a fitted selector pack if given.
-With --attention, instead: where the answer position of counting and existence questions looks (attention_shares).
+With --attention, instead: where the answer position of counting and existence questions looks (attention_shares,
+for the first demo's Qwen2.5-VL, whose vision-start token is the guided sink).
 
     python -m alvts.demo.experiments --num-per-task 100 [--pack alvts/demo/pack] [--json OUT]
-    python -m alvts.demo.experiments --attention --num-per-task 100
+    python -m alvts.demo.experiments --attention --num-per-task 100 --model alvts/demo/v1/model
 """
 
 from __future__ import annotations
