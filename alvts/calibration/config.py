@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..options import check_settings, same_as, setting
-from ..policies import SCORES
+from ..policies import FORMS, SCORES
 from ..routing.budget import KEEP
 
 LOSSES = ("mse+kl", "mse")
 INITS = ("whitened", "svd")
-FORMS = ("rotary", "merged")
 
 
 def parse_layers(spec: str) -> list[int] | None:

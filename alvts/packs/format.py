@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._version import __version__
-from ..policies import LowRankSelector
+from ..policies import FORMS, LowRankSelector
 from .fingerprint import model_fingerprint
 from .hub import hub_snapshot
 
@@ -207,8 +207,9 @@ def _check_tensors(config: SelectorConfig, tensors: dict[str, Any], path: Path) 
                 f"{path}: layer {i}'s factors have shape {shape}, but {CONFIG_NAME} says rank {config.rank} and hidden "
                 f"size {hidden} (expected {expected}). The pack's files do not belong together; re-save the pack."
             )
-    if config.score_form not in ("rotary", "merged"):
-        raise ValueError(f"{CONFIG_NAME} names score form {config.score_form!r}; alvts knows 'rotary' and 'merged'.")
+    if config.score_form not in FORMS:
+        known = " and ".join(map(repr, FORMS))
+        raise ValueError(f"{CONFIG_NAME} names score form {config.score_form!r}; alvts knows {known}.")
     if config.score_form == "rotary":
         for i in config.layers:
             found = tensors.get(f"layers.{i}.frequencies")

@@ -12,9 +12,10 @@ from .baselines import (
 )
 from .builtin import SCORES, FullPolicy, OraclePolicy, RandomPolicy
 from .registry import POLICIES, build_policy, get_policy, policy_options, register_policy
-from .selector import LowRankSelector
+from .selector import FORMS, LowRankSelector
 
 __all__ = [
+    "FORMS",
     "POLICIES",
     "SCORES",
     "DenseEarlyRandomPolicy",

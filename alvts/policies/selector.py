@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     import torch
 
 
+FORMS = ("rotary", "merged")  # RoPE applied in rank space; no positions (the paper's form)
+
+
 class LowRankSelector(Policy):
     """A fitted selector: `factors[layer]` is `(hidden, 2 * rank)` = [P_q | P_k], `log_temps[layer]` a scalar and,
     in the rotary form, `frequencies[layer]` the `(rank / 2,)` head-dimension index of each rank pair's frequency."""
