@@ -21,21 +21,12 @@ from ...api import routed
 from ...evaluation.harness import generate_answers
 from ...evaluation.inputs import prompt_text
 from ...evaluation.processor import load_processor
+from ...evaluation.report import wilson_interval
 from ...evaluation.scoring import normalise
 from ...policies import OraclePolicy, RandomPolicy
 from ...routing.policy import LayerInputs
 from ..tasks import EVAL_SEED, Example
 from ..training_data import _digit_centres, centre_token, held_out
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
@@ -99,7 +90,8 @@ def run(
         for task in tasks:
             hits = [normalise(p) == normalise(e.answer) for p, e in zip(predictions, examples, strict=True)
                     if e.task == task]  # fmt: skip
-            row[task] = {"acc": sum(hits) / len(hits), "n": len(hits), "ci": wilson(sum(hits), len(hits))}
+            accuracy = sum(hits) / len(hits)
+            row[task] = {"acc": accuracy, "n": len(hits), "ci": wilson_interval(accuracy, len(hits))}
         row["seconds"] = round(time.perf_counter() - started, 1)
         row["samples"] = [p for p, _ in zip(predictions, range(6), strict=False)]
         table["rows"][name] = row

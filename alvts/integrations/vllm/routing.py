@@ -109,6 +109,7 @@ class StepPlan:
     requests: list[_Request]
     layers: list[_LayerPlan | None]  # None: the step's stock metadata, every token
     seq_lens: list[int]  # each request's tokens after this step (a stock layer's KV length)
+    rotary: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # `rotary_table`s
 
 
 class VllmRouter:
@@ -332,8 +333,12 @@ class VllmRouter:
             visual = request.visual[None]
             valid = torch.ones_like(visual)
             rotary = None
-            if self.rotary_embedding is not None:
-                rotary = rotary_table(self.rotary_embedding(layer), positions[..., request.start : request.end])
+            if self.rotary_embedding is not None:  # once per step and request: layers share vLLM's rotary module
+                module = self.rotary_embedding(layer)
+                key = id(module), r
+                if key not in plan.rotary:
+                    plan.rotary[key] = rotary_table(module, positions[..., request.start : request.end])
+                rotary = plan.rotary[key]
             scores = self.policy.scores(
                 LayerInputs(
                     layer_idx=layer_idx,
