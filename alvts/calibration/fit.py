@@ -19,22 +19,25 @@ def merged_bilinear_form(attention: nn.Module) -> torch.Tensor:
     Projection biases and RoPE are left out: B is the content part of the logits that a rank-space selector can
     reproduce. GQA: query head h reads key group g(h) = h // (heads / kv_heads), as `repeat_kv` does.
     """
+    w_q, w_k = _head_weights(attention)
+    return torch.einsum("hdi,hdj->ij", w_q, w_k) * attention.scaling / w_q.shape[0]
+
+
+def _head_weights(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp64 q and k weights per query head `(heads, head_dim, hidden)`; GQA: head h reads key group g(h)."""
     d = attention.head_dim
     w_q = attention.q_proj.weight.double().view(-1, d, attention.q_proj.in_features)
     w_k = attention.k_proj.weight.double().view(-1, d, attention.k_proj.in_features)
-    w_k = w_k.repeat_interleave(w_q.shape[0] // w_k.shape[0], dim=0)
-    return torch.einsum("hdi,hdj->ij", w_q, w_k) * attention.scaling / w_q.shape[0]
+    return w_q, w_k.repeat_interleave(w_q.shape[0] // w_k.shape[0], dim=0)
 
 
 def rotary_bilinear_forms(attention: nn.Module) -> torch.Tensor:
     """`(head_dim / 2, hidden, hidden)` complex128 M_f: the layer's head-mean logit between a query x at position m
     and a key y at position n is sum_f Re(e^{i theta_f (m - n)} x^T M_f y), RoPE's rotation of frequency pair
     (f, f + head_dim / 2) written as a complex product. Summed over f at m = n it is `merged_bilinear_form`."""
-    d = attention.head_dim
-    w_q = attention.q_proj.weight.double().view(-1, d, attention.q_proj.in_features)
-    w_k = attention.k_proj.weight.double().view(-1, d, attention.k_proj.in_features)
-    w_k = w_k.repeat_interleave(w_q.shape[0] // w_k.shape[0], dim=0)
-    a, b = (torch.complex(w[:, : d // 2], w[:, d // 2 :]) for w in (w_q, w_k))
+    w_q, w_k = _head_weights(attention)
+    half = attention.head_dim // 2
+    a, b = (torch.complex(w[:, :half], w[:, half:]) for w in (w_q, w_k))
     return torch.einsum("hfi,hfj->fij", a, b.conj()) * attention.scaling / w_q.shape[0]
 
 
