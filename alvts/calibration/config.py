@@ -44,6 +44,9 @@ class CalibrationConfig:
         "selector form: merged heads with RoPE in rank space, or without positions (the paper's)",
         choices=FORMS,
     )
+    heads: int = setting(
+        1, int, "selector heads: the layer's query heads in this many groups, one rank-space softmax each", low=1
+    )
     init: str = setting("whitened", str, "Stage A: data-whitened, or the data-free SVD of B", choices=INITS)
     score: str = setting("v2v*t2v", str, "importance score; t2v alone is an ablation", choices=SCORES)
     held_out_fraction: float = setting(0.25, float, "share of samples held out to measure the fit", above=0, high=0.5)
@@ -53,8 +56,10 @@ class CalibrationConfig:
         if isinstance(self.layers, (list, tuple)):
             self.layers = sorted(set(self.layers))
         check_settings(self)
-        if self.form == "rotary" and self.rank % 2:
+        step = self.heads * (2 if self.form == "rotary" else 1)
+        if self.rank % step:
+            even = " of even size (each rotates pairs of rank dimensions)" if self.form == "rotary" else ""
             raise ValueError(
-                f"CalibrationConfig: rank must be even in the rotary form (it rotates pairs of rank dimensions), got "
-                f"{self.rank}; use an even rank, or form 'merged'."
+                f"CalibrationConfig: rank {self.rank} does not split into {self.heads} selector head(s){even}; use a "
+                f"rank divisible by {step}" + (", or form 'merged'." if self.form == "rotary" else ".")
             )

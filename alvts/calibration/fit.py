@@ -13,29 +13,32 @@ from torch import nn
 from ..policies.importance import received_attention_log_scores, selector_queries_keys
 
 
-def merged_bilinear_form(attention: nn.Module) -> torch.Tensor:
-    """`(hidden, hidden)` fp64 B with x_i^T B x_j = mean over heads h of scaling * q_h(x_i) . k_g(h)(x_j).
+def merged_bilinear_form(attention: nn.Module, heads: slice = slice(None)) -> torch.Tensor:
+    """`(hidden, hidden)` fp64 B with x_i^T B x_j = mean over query heads h (those in `heads`) of
+    scaling * q_h(x_i) . k_g(h)(x_j).
 
     Projection biases and RoPE are left out: B is the content part of the logits that a rank-space selector can
     reproduce. GQA: query head h reads key group g(h) = h // (heads / kv_heads), as `repeat_kv` does.
     """
-    w_q, w_k = _head_weights(attention)
+    w_q, w_k = _head_weights(attention, heads)
     return torch.einsum("hdi,hdj->ij", w_q, w_k) * attention.scaling / w_q.shape[0]
 
 
-def _head_weights(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp64 q and k weights per query head `(heads, head_dim, hidden)`; GQA: head h reads key group g(h)."""
+def _head_weights(attention: nn.Module, heads: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp64 q and k weights of the query heads in `heads`, `(heads, head_dim, hidden)`; GQA: head h reads key
+    group g(h)."""
     d = attention.head_dim
     w_q = attention.q_proj.weight.double().view(-1, d, attention.q_proj.in_features)
     w_k = attention.k_proj.weight.double().view(-1, d, attention.k_proj.in_features)
-    return w_q, w_k.repeat_interleave(w_q.shape[0] // w_k.shape[0], dim=0)
+    return w_q[heads], w_k.repeat_interleave(w_q.shape[0] // w_k.shape[0], dim=0)[heads]
 
 
-def rotary_bilinear_forms(attention: nn.Module) -> torch.Tensor:
-    """`(head_dim / 2, hidden, hidden)` complex128 M_f: the layer's head-mean logit between a query x at position m
-    and a key y at position n is sum_f Re(e^{i theta_f (m - n)} x^T M_f y), RoPE's rotation of frequency pair
-    (f, f + head_dim / 2) written as a complex product. Summed over f at m = n it is `merged_bilinear_form`."""
-    w_q, w_k = _head_weights(attention)
+def rotary_bilinear_forms(attention: nn.Module, heads: slice = slice(None)) -> torch.Tensor:
+    """`(head_dim / 2, hidden, hidden)` complex128 M_f: the head-mean logit (over the query heads in `heads`)
+    between a query x at position m and a key y at position n is sum_f Re(e^{i theta_f (m - n)} x^T M_f y), RoPE's
+    rotation of frequency pair (f, f + head_dim / 2) written as a complex product. Summed over f at m = n it is
+    `merged_bilinear_form`."""
+    w_q, w_k = _head_weights(attention, heads)
     half = attention.head_dim // 2
     a, b = (torch.complex(w[:, :half], w[:, half:]) for w in (w_q, w_k))
     return torch.einsum("hfi,hfj->fij", a, b.conj()) * attention.scaling / w_q.shape[0]
@@ -95,6 +98,37 @@ def fit_rotary_selector(
     return p_q, p_k, frequency[order]
 
 
+def fit_selector(
+    attention: nn.Module, c_query: torch.Tensor, c_key: torch.Tensor, rank: int, form: str = "rotary", heads: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Stage A of a selector with `heads` selector heads: the layer's query heads split into `heads` contiguous
+    groups, each group's head-mean form fitted at rank / heads (`fit_rotary_selector`, or `fit_low_rank_selector` in
+    the merged form). Returns `(P_q, P_k, frequencies)` laid out selector head by selector head; frequencies is None
+    in the merged form."""
+    num_heads = attention.q_proj.out_features // attention.head_dim
+    if num_heads % heads:
+        raise ValueError(
+            f"{heads} selector heads do not split the layer's {num_heads} attention heads evenly; use a divisor of "
+            f"{num_heads}."
+        )
+    size = num_heads // heads
+    parts = []
+    for group in (slice(g * size, (g + 1) * size) for g in range(heads)):
+        if form == "rotary":
+            parts.append(
+                fit_rotary_selector(rotary_bilinear_forms(attention, group).cpu(), c_query, c_key, rank // heads)
+            )
+        else:
+            parts.append(
+                (
+                    *fit_low_rank_selector(merged_bilinear_form(attention, group).cpu(), c_query, c_key, rank // heads),
+                    None,
+                )
+            )
+    p_q, p_k, frequencies = zip(*parts, strict=True)
+    return torch.cat(p_q, 1), torch.cat(p_k, 1), None if form != "rotary" else torch.cat(frequencies)
+
+
 # -- Stage B: importance-consistency refinement ------------------------------------------------------------------------
 RECALL_RATIOS = (1 / 3, 2 / 9, 1 / 9)
 
@@ -109,11 +143,12 @@ class LayerSample:
     target: torch.Tensor  # (1, seq) fp32 log S*, -inf off visual tokens
     score: str = "v2v*t2v"  # the form of the target, which the selector reproduces
     rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary form: `rank_space_rotary` at its frequencies
+    heads: int = 1  # selector heads
 
 
 def selector_log_scores(sample: LayerSample, proj: torch.Tensor, log_temp: torch.Tensor) -> torch.Tensor:
     """The selector's log S on one sample (differentiable in `proj` and `log_temp`)."""
-    q, k = selector_queries_keys(sample.normed.float(), proj, sample.rotary)
+    q, k = selector_queries_keys(sample.normed.float(), proj, sample.rotary, sample.heads)
     return received_attention_log_scores(q, k, log_temp.exp(), sample.visual, sample.valid, score=sample.score)
 
 

@@ -25,15 +25,7 @@ from ..policies import LowRankSelector
 from ..policies.importance import attention_importance, rank_space_rotary
 from ..routing import get_adapter
 from .config import CalibrationConfig
-from .fit import (
-    LayerSample,
-    fit_low_rank_selector,
-    fit_rotary_selector,
-    layer_metrics,
-    merged_bilinear_form,
-    refine_selector,
-    rotary_bilinear_forms,
-)
+from .fit import LayerSample, fit_selector, layer_metrics, refine_selector
 
 
 class _StopForward(Exception):
@@ -112,6 +104,11 @@ def calibrate(
     if not layers or layers[-1] >= len(decoder_layers):
         last = len(decoder_layers) - 1
         raise ValueError(f"layers {config.layers} out of range: the model has decoder layers 0-{last}")
+    if text_config.num_attention_heads % config.heads:
+        raise ValueError(
+            f"{config.heads} selector heads do not split the model's {text_config.num_attention_heads} attention "
+            f"heads evenly; pass --heads with a divisor of {text_config.num_attention_heads}."
+        )
     progress_dir = None if output_dir is None else Path(output_dir) / "layers"
     reused = []
     if progress_dir is not None:
@@ -165,10 +162,13 @@ def calibrate(
         default_keep=config.default_keep,
         score_form=config.form,
         score=config.score,
+        selector_heads=config.heads,
         dataset=dict(dataset_info or {}, num_samples=len(inputs), seed=config.seed),
         metrics=metrics,
     )
-    selector = LowRankSelector(factors, temps, config.score, default_keep=config.default_keep, frequencies=frequencies)
+    selector = LowRankSelector(
+        factors, temps, config.score, default_keep=config.default_keep, frequencies=frequencies, heads=config.heads
+    )
     pack = SelectorPack(pack_config, selector, source=None if output_dir is None else str(output_dir))
     if output_dir is not None:
         pack.save_pretrained(output_dir)
@@ -215,13 +215,12 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config, on_step):
     if config.init == "svd":
         c_q = c_k = torch.eye(dim, dtype=torch.float64)
         n_q = n_k = 1
-    frequencies = None
-    if config.form == "rotary":
-        pq, pk, frequencies = fit_rotary_selector(rotary_bilinear_forms(attn).cpu(), c_q / n_q, c_k / n_k, config.rank)
-        for sample, x in zip(samples, inputs, strict=True):
-            sample.rotary = tuple(t.cpu() for t in rank_space_rotary(x.position_embeddings, attn, frequencies))
-    else:
-        pq, pk = fit_low_rank_selector(merged_bilinear_form(attn).cpu(), c_q / n_q, c_k / n_k, config.rank)
+    pq, pk, frequencies = fit_selector(attn, c_q / n_q, c_k / n_k, config.rank, config.form, config.heads)
+    for sample, x in zip(samples, inputs, strict=True):
+        sample.heads = config.heads
+        if frequencies is not None:
+            rotary = rank_space_rotary(x.position_embeddings, attn, frequencies, config.heads)
+            sample.rotary = tuple(t.cpu() for t in rotary)
     train = [s for j, s in enumerate(samples) if j not in held_ids]
     held = [s for j, s in enumerate(samples) if j in held_ids]
     proj_a, temp_a = torch.cat([pq, pk], dim=1).float(), torch.zeros(())

@@ -40,6 +40,7 @@ class SelectorConfig:
     base_revision: str | None = None
     score_form: str = "merged"
     score: str = "v2v*t2v"
+    selector_heads: int = 1
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str | None = None
@@ -79,6 +80,7 @@ class SelectorPack:
             "layers": c.layers,
             "score": c.score,
             "form": c.score_form,
+            "heads": c.selector_heads,
             "fingerprint": c.fingerprint.get("qk_norm_sha256"),
             "weights_sha256": c.weights_sha256,
         }
@@ -138,6 +140,7 @@ class SelectorPack:
             config.score,
             default_keep=config.default_keep,
             frequencies={i: tensors[f"layers.{i}.frequencies"] for i in config.layers} if rotary else None,
+            heads=config.selector_heads,
         )
         return cls(config, selector, source=str(path_or_repo_id))
 
@@ -185,7 +188,8 @@ class SelectorPack:
             f"---\nbase_model: {c.base_model}\nlibrary_name: alvts\ntags:\n- alvts\n- visual-token-selection\n---\n\n"
             f"# ALVTS selector pack for {c.base_model}\n\n"
             f"Rank-{c.rank} selectors for {len(c.layers)} decoder layers (score form `{c.score_form}`, score "
-            f"`{c.score}`), default keep {c.default_keep:.3f}. Fitted with alvts {c.alvts_version} on "
+            f"`{c.score}`, selector heads {c.selector_heads}), default keep {c.default_keep:.3f}. Fitted with alvts "
+            f"{c.alvts_version} on "
             f"{c.dataset or 'unspecified data'}.\n\n"
             "```python\nimport alvts\n\n"
             "alvts.apply(model, alvts.SelectorPack.from_pretrained(PATH), keep=0.11)\n```\n\n"
@@ -210,6 +214,12 @@ def _check_tensors(config: SelectorConfig, tensors: dict[str, Any], path: Path) 
     if config.score_form not in FORMS:
         known = " and ".join(map(repr, FORMS))
         raise ValueError(f"{CONFIG_NAME} names score form {config.score_form!r}; alvts knows {known}.")
+    step = config.selector_heads * (2 if config.score_form == "rotary" else 1)
+    if config.selector_heads < 1 or config.rank % step:
+        raise ValueError(
+            f"{CONFIG_NAME} says rank {config.rank} with {config.selector_heads} selector heads in the "
+            f"{config.score_form} form; the rank must be a multiple of {step}. Re-save the pack."
+        )
     if config.score_form == "rotary":
         for i in config.layers:
             found = tensors.get(f"layers.{i}.frequencies")

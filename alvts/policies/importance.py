@@ -17,8 +17,13 @@ from ..routing.policy import LayerInputs
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply rotary embeddings to `(batch, heads, seq, head_dim)` as the Llama/Qwen attention does."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    """Apply rotary embeddings `(batch, seq, head_dim)` to `(batch, heads, seq, head_dim)` as the Llama/Qwen
+    attention does."""
+    return rotate_pairs(x, cos.unsqueeze(1), sin.unsqueeze(1))
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (i, i + dim / 2) of x's last dimension by the angle whose cos and sin are given (broadcast)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -62,21 +67,32 @@ def rotated_queries_keys(
 
 
 def rank_space_rotary(
-    position_embeddings: tuple[torch.Tensor, torch.Tensor], attention, frequencies: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor], attention, frequencies: torch.Tensor, heads: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's rotary table `(cos, sin)` at a rotary selector's frequencies, laid out for `rotate` on rank-space
-    vectors: `(batch, seq, rank)`, pair i = columns (i, i + rank / 2)."""
-    cos, sin = (merged_rotary(t, attention)[..., frequencies].float() for t in position_embeddings)
-    return torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+    """The layer's rotary table `(cos, sin)` at a rotary selector's frequencies, laid out like its rank-space
+    queries and keys: `(batch, heads, seq, rank / heads)`; in each selector head pair i = columns (i, i + half)."""
+    cos, sin = (
+        merged_rotary(t, attention)[..., frequencies].float().unflatten(-1, (heads, -1)) for t in position_embeddings
+    )
+    return tuple(torch.cat([t, t], -1).transpose(1, 2) for t in (cos, sin))
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """`(batch, seq, heads * dim)` -> `(batch, heads, seq, dim)`."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
 def selector_queries_keys(
-    normed: torch.Tensor, weight: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+    normed: torch.Tensor,
+    weight: torch.Tensor,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    heads: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank-space queries and keys `(batch, 1, seq, rank)` fp32 from one GEMM, rotated when `rotary` is given."""
-    q, k = (normed @ weight).float()[:, None].split(weight.shape[1] // 2, dim=-1)
+    """Rank-space queries and keys `(batch, heads, seq, rank / heads)` fp32 from one GEMM (`weight` = [P_q | P_k],
+    each laid out head by head), rotated when `rotary` is given."""
+    q, k = (_split_heads(t, heads) for t in (normed @ weight).float().split(weight.shape[1] // 2, dim=-1))
     if rotary is not None:
-        q, k = rotate(q, *rotary), rotate(k, *rotary)
+        q, k = rotate_pairs(q, *rotary), rotate_pairs(k, *rotary)
     return q, k
 
 

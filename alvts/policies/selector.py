@@ -1,9 +1,9 @@
 """The low-rank selector: per layer, one fused GEMM x @ [P_q | P_k] on the input-normed hidden states, causal
-softmax attention in rank space at temperature exp(t), score S = S_V2V * S_T2V in log space (or one factor alone,
-an ablation). In the rotary form each pair of rank dimensions (i, i + rank / 2) is rotated like a RoPE pair, at the
-frequency of the head dimension `frequencies[layer][i]`, with the layer's own rotary table: positions cost O(L R).
-A selector fitted on some layers only routes those; the others stay dense, or are routed by the `uncovered` policy
-when one is named."""
+softmax attention in rank space at temperature exp(t) (one head, or several averaged as the layer's own heads are),
+score S = S_V2V * S_T2V in log space (or one factor alone, an ablation). In the rotary form each pair of rank
+dimensions (i, i + half) of a head is rotated like a RoPE pair, at the frequency of the head dimension
+`frequencies[layer][i]`, with the layer's own rotary table: positions cost O(L R). A selector fitted on some layers
+only routes those; the others stay dense, or are routed by the `uncovered` policy when one is named."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ FORMS = ("rotary", "merged")  # RoPE applied in rank space; no positions (the pa
 
 class LowRankSelector(Policy):
     """A fitted selector: `factors[layer]` is `(hidden, 2 * rank)` = [P_q | P_k], `log_temps[layer]` a scalar and,
-    in the rotary form, `frequencies[layer]` the `(rank / 2,)` head-dimension index of each rank pair's frequency."""
+    in the rotary form, `frequencies[layer]` the `(rank / 2,)` head-dimension index of each rank pair's frequency.
+    With `heads` > 1 the rank space is split into that many heads (columns head by head), each its own softmax."""
 
     name = "alvts"
 
@@ -34,13 +35,19 @@ class LowRankSelector(Policy):
         uncovered: Policy | str | None = None,
         default_keep: float | None = None,
         frequencies: dict[int, torch.Tensor] | None = None,
+        heads: int = 1,
     ):
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(map(repr, SCORES))}, got {score!r}")
         ranks = {int(f.shape[1]) for f in factors.values()}
         if not factors or len(ranks) != 1 or ranks.pop() % 2:
             raise ValueError("A selector needs factors of one shape (hidden, 2 * rank) for at least one layer.")
-        self.factors, self.score, self.default_keep = factors, score, default_keep
+        self.factors, self.score, self.default_keep, self.heads = factors, score, default_keep, heads
+        if heads < 1 or self.rank % (heads * (2 if frequencies else 1)):
+            raise ValueError(
+                f"A selector of rank {self.rank} cannot have {heads} heads: the rank must be a positive multiple of "
+                "the heads (of twice the heads in the rotary form)."
+            )
         self.frequencies = frequencies or {}
         shapes = {tuple(f.shape) for f in self.frequencies.values()}
         if self.frequencies and (set(self.frequencies) != set(factors) or shapes != {(self.rank // 2,)}):
@@ -66,7 +73,9 @@ class LowRankSelector(Policy):
 
     def with_uncovered(self, policy: Policy | str | None) -> LowRankSelector:
         """The same fitted factors, with `policy` routing the layers they do not cover."""
-        return LowRankSelector(self.factors, self.log_temps, self.score, policy, self.default_keep, self.frequencies)
+        return LowRankSelector(
+            self.factors, self.log_temps, self.score, policy, self.default_keep, self.frequencies, self.heads
+        )
 
     def uncovered_layers(self, num_layers: int) -> list[int]:
         if self.uncovered is not None:
@@ -101,8 +110,8 @@ class LowRankSelector(Policy):
         weight, scale, frequencies = self._on(inputs.layer_idx, x)
         rotary = None
         if frequencies is not None:
-            rotary = rank_space_rotary(inputs.position_embeddings, inputs.attention, frequencies)
-        q, k = selector_queries_keys(x, weight, rotary)
+            rotary = rank_space_rotary(inputs.position_embeddings, inputs.attention, frequencies, self.heads)
+        q, k = selector_queries_keys(x, weight, rotary, self.heads)
         return received_attention_log_scores(q, k, scale, inputs.visual, inputs.valid, score=self.score)
 
     def _on(self, layer_idx: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -121,4 +130,5 @@ class LowRankSelector(Policy):
 
     def __repr__(self) -> str:
         extra = "" if self.uncovered is None else f", uncovered={self.uncovered!r}"
-        return f"LowRankSelector(layers={sorted(self.factors)}, rank={self.rank}, form={self.form!r}{extra})"
+        heads = "" if self.heads == 1 else f", heads={self.heads}"
+        return f"LowRankSelector(layers={sorted(self.factors)}, rank={self.rank}, form={self.form!r}{heads}{extra})"

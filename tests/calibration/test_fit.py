@@ -8,10 +8,17 @@ from alvts.calibration.fit import (
     damp,
     fit_low_rank_selector,
     fit_rotary_selector,
+    fit_selector,
     merged_bilinear_form,
     rotary_bilinear_forms,
 )
-from alvts.policies.importance import rank_space_rotary, rotated_queries_keys, selector_queries_keys
+from alvts.policies.importance import (
+    attention_importance,
+    rank_space_rotary,
+    received_attention_log_scores,
+    rotated_queries_keys,
+    selector_queries_keys,
+)
 from alvts.routing import get_adapter
 from alvts.testing import tiny_inputs, tiny_model
 
@@ -96,6 +103,39 @@ def test_full_rank_rotary_fit_equals_the_layers_head_mean_rope_logits(family):
     # without positions the merged form is a different function of the same tokens (RoPE is what the fit adds)
     merged = normed.double() @ merged_bilinear_form(attn) @ normed.double().transpose(1, 2)
     assert not torch.allclose(merged.float(), explicit.float(), atol=1e-2 * explicit.abs().max().item())
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_one_selector_head_per_attention_head_at_full_rank_is_the_oracle(family):
+    model = tiny_model(family, "eager")
+    captured = {}
+    layer = get_adapter(model).decoder_layers(model)[1]
+    layer.register_forward_pre_hook(lambda m, a, kw: captured.update(kw, x=a[0] if a else None), with_kwargs=True)
+    batch = tiny_inputs(model)
+    with torch.no_grad():
+        model(**batch)
+    attn, hidden = layer.self_attn, captured["x"] if captured["x"] is not None else captured["hidden_states"]
+    normed, positions = layer.input_layernorm(hidden), captured["position_embeddings"]
+    visual, valid = batch["input_ids"] == model.config.image_token_id, batch["attention_mask"].bool()
+    heads, eye = attn.config.num_attention_heads, torch.eye(attn.q_proj.in_features, dtype=torch.float64)
+    with torch.no_grad():
+        attn.q_proj.weight.mul_(20)  # sharper than a random init's near-uniform attention, so the heads differ
+        oracle = attention_importance(attn, normed, positions, visual, valid)
+        scores = {}
+        for selector_heads in (heads, 1):  # each head's form has rank 1 per frequency: rank heads x head_dim is exact
+            pq, pk, frequencies = fit_selector(attn, eye, eye, heads * attn.head_dim, "rotary", selector_heads)
+            rotary = rank_space_rotary(positions, attn, frequencies, selector_heads)
+            q, k = selector_queries_keys(normed, torch.cat([pq, pk], 1).float(), rotary, selector_heads)
+            scores[selector_heads] = received_attention_log_scores(q, k, 1.0, visual, valid)
+    assert torch.allclose(scores[heads][visual], oracle[visual], atol=1e-3)
+    assert not torch.allclose(scores[1][visual], oracle[visual], atol=1e-2)  # one softmax over the mean logit
+
+
+def test_selector_heads_must_split_the_attention_heads_evenly():
+    attn = get_adapter(model := tiny_model("llava", "eager")).decoder_layers(model)[0].self_attn
+    eye = torch.eye(attn.q_proj.in_features, dtype=torch.float64)
+    with pytest.raises(ValueError, match="3 selector heads do not split the layer's 4 attention heads evenly"):
+        fit_selector(attn, eye, eye, 6, "merged", 3)
 
 
 def test_low_rank_rotary_fit_keeps_the_largest_components_over_all_frequencies():

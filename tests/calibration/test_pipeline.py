@@ -164,7 +164,18 @@ def test_t2v_score_is_fitted_saved_and_routed(tmp_path):
         (dict(loss="l1"), r"loss must be one of 'mse\+kl', 'mse', got 'l1'"),
         (dict(layers=[-1]), r"layers must be a list of integers >= 0, got \[-1\]"),
         (dict(held_out_fraction=0.9), r"held_out_fraction must be a number in \(0, 0.5\], got 0.9"),
-        (dict(rank=5), r"rank must be even in the rotary form .*, got 5; use an even rank, or form 'merged'"),
+        (
+            dict(rank=5),
+            r"rank 5 does not split into 1 selector head\(s\) of even size .*; use a rank divisible by 2, or "
+            "form 'merged'",
+        ),
+        (dict(rank=12, heads=4), r"rank 12 does not split into 4 selector head\(s\) of even size .*divisible by 8"),
+        (
+            dict(rank=6, heads=4, form="merged"),
+            r"rank 6 does not split into 4 selector head\(s\); use a rank divisible "
+            "by 4",
+        ),
+        (dict(heads=0), "heads must be an integer >= 1, got 0"),
         (dict(form="rope"), r"form must be one of 'rotary', 'merged', got 'rope'"),
     ],
 )
@@ -178,3 +189,10 @@ def test_layers_out_of_range_are_refused_before_model_work(monkeypatch):
     monkeypatch.setattr(calibration, "capture_layer_inputs", lambda *a, **k: pytest.fail("ran the model"))
     with pytest.raises(ValueError, match=r"out of range: the model has decoder layers 0-3"):
         calibrate(model, _samples(model, 2), CalibrationConfig(layers=[7]))
+
+
+def test_selector_heads_that_do_not_split_the_models_heads_are_refused_before_model_work(monkeypatch):
+    model = tiny_model("llava", "sdpa")
+    monkeypatch.setattr(calibration, "capture_layer_inputs", lambda *a, **k: pytest.fail("ran the model"))
+    with pytest.raises(ValueError, match=r"3 selector heads do not split the model's 4 attention heads evenly; pass"):
+        calibrate(model, _samples(model, 2), CalibrationConfig(rank=6, heads=3))

@@ -13,7 +13,7 @@ from alvts.policies import LowRankSelector
 from alvts.testing import tiny_inputs, tiny_model
 
 
-def _pack_for(model, rank=4, layers=(0, 1, 2, 3), rotary=False):
+def _pack_for(model, rank=4, layers=(0, 1, 2, 3), rotary=False, heads=1):
     gen = torch.Generator().manual_seed(0)
     dim = model.config.text_config.hidden_size
     frequencies = {i: torch.randint(0, 8, (rank // 2,), generator=gen) for i in layers} if rotary else None
@@ -21,11 +21,12 @@ def _pack_for(model, rank=4, layers=(0, 1, 2, 3), rotary=False):
         {i: torch.randn(dim, 2 * rank, generator=gen) for i in layers},
         {i: torch.tensor(0.5) for i in layers},
         frequencies=frequencies,
+        heads=heads,
     )
     name = model.config._name_or_path or type(model).__name__
     config = SelectorConfig(
         base_model=name, fingerprint=model_fingerprint(model), rank=rank, layers=list(layers), default_keep=0.25,
-        score_form=selector.form,
+        score_form=selector.form, selector_heads=heads,
     )  # fmt: skip
     return SelectorPack(config, selector)
 
@@ -67,6 +68,23 @@ def test_a_rotary_pack_keeps_its_frequencies_and_routes_as_saved(llava, tmp_path
         with alvts.routed(llava, selector, keep=0.25), torch.no_grad():
             chosen.append(llava(**batch).logits)
     assert torch.equal(chosen[0], chosen[1])
+
+
+def test_a_pack_with_selector_heads_keeps_them_and_routes_as_saved(llava, tmp_path):
+    pack = _pack_for(llava, rank=8, rotary=True, heads=2)
+    pack.save_pretrained(tmp_path)
+    loaded = SelectorPack.from_pretrained(tmp_path)
+    assert loaded.config.selector_heads == 2 and loaded.selector.heads == 2
+    batch = tiny_inputs(llava)
+    logits = []
+    for selector in (
+        pack.selector,
+        loaded.selector,
+        LowRankSelector(pack.selector.factors, frequencies=pack.selector.frequencies),
+    ):
+        with alvts.routed(llava, selector, keep=0.25), torch.no_grad():
+            logits.append(llava(**batch).logits)
+    assert torch.equal(logits[0], logits[1]) and not torch.equal(logits[0], logits[2])
 
 
 def test_a_rotary_config_without_frequencies_is_refused_on_load(llava, tmp_path):
@@ -136,6 +154,10 @@ def test_from_pretrained_reads_a_populated_hub_cache_offline(llava, tmp_path, mo
         (dict(layers=[0, 1, 2, 3, 4]), r"has no factors for layers \[4\]"),
         (dict(layers=[0, 1]), r"holds factors for layers \[2, 3\] that selector_config.json does not list"),
         (dict(fingerprint={"hidden_size": 32}), r"hidden size 32 \(expected \(32, 8\)\)"),
+        (
+            dict(selector_heads=3),
+            r"says rank 4 with 3 selector heads in the merged form; the rank must be a multiple of 3",
+        ),
     ],
 )
 def test_a_config_that_does_not_match_its_tensors_is_refused_on_load(llava, tmp_path, change, message):

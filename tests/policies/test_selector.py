@@ -24,7 +24,7 @@ def test_selector_scores_are_rank_space_attention_importance():
     x = 0.1 * torch.randn(1, visual.shape[1], 64)  # moderate logits: no score reaches the 1e-30 floor
     inputs = alvts.LayerInputs(0, None, None, torch.nn.Identity(), x, visual, valid, (None, None))
     pq, pk = selector.factors[0].split(8, dim=1)
-    expected = _importance_by_definition(x[0] @ pq, x[0] @ pk, visual[0])
+    expected = _importance_by_definition([(x[0] @ pq, x[0] @ pk)], visual[0])
     scores = selector.scores(inputs)[0]
     assert torch.allclose(scores[visual[0]], expected[visual[0]], atol=1e-4)
     assert torch.isneginf(scores[~visual[0]]).all()
@@ -50,11 +50,29 @@ def test_a_rotary_selector_rotates_each_rank_pair_at_its_frequency():
     q, k = (x[0] @ factors[0]).split(4, dim=1)
     as_complex = [torch.complex(t[:, :2], t[:, 2:]) * torch.polar(torch.ones_like(angles), angles) for t in (q, k)]
     q, k = (torch.cat([z.real, z.imag], 1) for z in as_complex)  # each pair multiplied by e^(i position theta)
-    expected = _importance_by_definition(q, k, visual[0])
+    expected = _importance_by_definition([(q, k)], visual[0])
     assert selector.form == "rotary"
     assert torch.allclose(selector.scores(inputs)[0][visual[0]], expected[visual[0]], atol=1e-4)
     unrotated = LowRankSelector(factors).scores(inputs)[0][visual[0]]
     assert not torch.allclose(unrotated, expected[visual[0]], atol=1e-2)
+
+
+def test_a_selector_with_heads_averages_each_heads_rank_space_attention():
+    model = tiny_model("llava", "sdpa")
+    gen = torch.Generator().manual_seed(2)
+    factors = {0: torch.randn(64, 16, generator=gen)}  # rank 8 = two heads of 4: P_q, P_k columns head by head
+    batch = tiny_inputs(model, [[None]])
+    visual, valid = batch["input_ids"] == model.config.image_token_id, batch["attention_mask"].bool()
+    x = 0.1 * torch.randn(1, visual.shape[1], 64, generator=gen)
+    inputs = alvts.LayerInputs(0, None, None, torch.nn.Identity(), x, visual, valid, (None, None))
+    q, k = (x[0] @ factors[0]).split(8, dim=1)
+    expected = _importance_by_definition([(q[:, :4], k[:, :4]), (q[:, 4:], k[:, 4:])], visual[0])
+    scores = LowRankSelector(factors, heads=2).scores(inputs)[0]
+    assert torch.allclose(scores[visual[0]], expected[visual[0]], atol=1e-4)
+    one_head = LowRankSelector(factors).scores(inputs)[0]
+    assert not torch.allclose(one_head[visual[0]], expected[visual[0]], atol=1e-2)
+    with pytest.raises(ValueError, match="A selector of rank 8 cannot have 3 heads"):
+        LowRankSelector(factors, heads=3)
 
 
 def test_a_rotary_selector_needs_frequencies_for_every_layer():
@@ -63,13 +81,15 @@ def test_a_rotary_selector_needs_frequencies_for_every_layer():
         LowRankSelector(factors, frequencies={0: torch.tensor([0, 1])})
 
 
-def _importance_by_definition(q, k, visual):
-    """log S_V2V(i) + log S_T2V(i) one query row at a time: row j's causal softmax over keys 0..j, then the mean over
-    visual query rows and over text query rows of the attention each row pays key i."""
-    seq = len(q)
+def _importance_by_definition(heads, visual):
+    """log S_V2V(i) + log S_T2V(i) one query row at a time: row j's causal softmax over keys 0..j averaged over the
+    heads [(q, k), ...], then the mean over visual query rows and over text query rows of the attention each row pays
+    key i."""
+    seq = len(visual)
     rows = torch.zeros(seq, seq, dtype=torch.float64)
-    for j in range(seq):
-        rows[j, : j + 1] = torch.softmax((q[j] @ k[: j + 1].T).double(), dim=0)
+    for q, k in heads:
+        for j in range(seq):
+            rows[j, : j + 1] += torch.softmax((q[j] @ k[: j + 1].T).double(), dim=0) / len(heads)
     v2v, t2v = rows[visual].mean(0), rows[~visual].mean(0)
     return (v2v.log() + t2v.log()).float()
 

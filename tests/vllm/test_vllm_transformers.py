@@ -15,13 +15,27 @@ import torch  # noqa: E402
 from conftest import DEMO, DEMO_PACK, engine_model, generate, make_engine  # noqa: E402
 
 import alvts  # noqa: E402
+from alvts.policies import LowRankSelector  # noqa: E402
 
 MAX_TOKENS = 5
 SETTINGS = {
     "pack at 0.25": {"pack": str(DEMO_PACK), "keep": 0.25},
     "pack, per-layer keep": {"pack": str(DEMO_PACK), "keep": [1.0, 0.5, 0.25, 0.11]},
     "random at 0.25": {"policy": "random", "keep": 0.25},
+    "two-head pack at 0.25": {"pack": "two heads", "keep": 0.25},
 }
+
+
+def two_head_pack(folder) -> str:
+    """The demo pack's tensors read as two selector heads (another function of the same factors), saved as a pack."""
+    pack = alvts.SelectorPack.from_pretrained(DEMO_PACK)
+    one = pack.selector
+    pack.selector = LowRankSelector(
+        one.factors, one.log_temps, one.score, default_keep=one.default_keep, frequencies=one.frequencies, heads=2
+    )
+    pack.config.selector_heads = 2
+    pack.save_pretrained(folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +83,10 @@ def transformers_run(model, inputs, settings):
 
 
 @pytest.fixture(scope="module", params=list(SETTINGS))
-def runs(request, hf, hf_inputs, prompts):
+def runs(request, hf, hf_inputs, prompts, tmp_path_factory):
     settings = SETTINGS[request.param]
+    if settings.get("pack") == "two heads":
+        settings = {**settings, "pack": two_head_pack(tmp_path_factory.mktemp("two_heads"))}
     llm = make_engine({**settings, "record": True}, enable_mm_embeds=True)
     vllm_inputs = [
         {
