@@ -1,6 +1,6 @@
 """Stage A of the selector fit: the rank-R factorisation of a layer's merged-head bilinear form that minimises the
-expected logit error over the calibration data, in closed form (per rotary frequency in the rotary form); Stage B:
-the importance-consistency refinement."""
+expected logit error over the calibration data, in closed form (per rotary frequency in the rotary form, per group
+of heads with several selector heads); Stage B: the importance-consistency refinement."""
 
 from __future__ import annotations
 
@@ -115,18 +115,13 @@ def fit_selector(
     parts = []
     for group in (slice(g * size, (g + 1) * size) for g in range(heads)):
         if form == "rotary":
-            parts.append(
-                fit_rotary_selector(rotary_bilinear_forms(attention, group).cpu(), c_query, c_key, rank // heads)
-            )
+            forms = rotary_bilinear_forms(attention, group).cpu()
+            parts.append(fit_rotary_selector(forms, c_query, c_key, rank // heads))
         else:
-            parts.append(
-                (
-                    *fit_low_rank_selector(merged_bilinear_form(attention, group).cpu(), c_query, c_key, rank // heads),
-                    None,
-                )
-            )
+            bilinear = merged_bilinear_form(attention, group).cpu()
+            parts.append((*fit_low_rank_selector(bilinear, c_query, c_key, rank // heads), None))
     p_q, p_k, frequencies = zip(*parts, strict=True)
-    return torch.cat(p_q, 1), torch.cat(p_k, 1), None if form != "rotary" else torch.cat(frequencies)
+    return torch.cat(p_q, 1), torch.cat(p_k, 1), torch.cat(frequencies) if form == "rotary" else None
 
 
 # -- Stage B: importance-consistency refinement ------------------------------------------------------------------------

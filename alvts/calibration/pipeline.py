@@ -203,7 +203,9 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config, on_step):
         for j, x in enumerate(inputs):
             normed = norm(x.hidden)
             target = attention_importance(attn, normed, x.position_embeddings, x.visual, x.valid, score=config.score)
-            sample = LayerSample(normed.float().cpu(), x.visual.cpu(), x.valid.cpu(), target.cpu(), config.score)
+            sample = LayerSample(
+                normed.float().cpu(), x.visual.cpu(), x.valid.cpu(), target.cpu(), config.score, heads=config.heads
+            )
             samples.append(sample)
             on_step()
             if j in held_ids:
@@ -216,9 +218,8 @@ def _fit_layer(i, layer, adapter, inputs, held_ids, config, on_step):
         c_q = c_k = torch.eye(dim, dtype=torch.float64)
         n_q = n_k = 1
     pq, pk, frequencies = fit_selector(attn, c_q / n_q, c_k / n_k, config.rank, config.form, config.heads)
-    for sample, x in zip(samples, inputs, strict=True):
-        sample.heads = config.heads
-        if frequencies is not None:
+    if frequencies is not None:
+        for sample, x in zip(samples, inputs, strict=True):
             rotary = rank_space_rotary(x.position_embeddings, attn, frequencies, config.heads)
             sample.rotary = tuple(t.cpu() for t in rotary)
     train = [s for j, s in enumerate(samples) if j not in held_ids]
