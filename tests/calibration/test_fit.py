@@ -132,7 +132,8 @@ def test_one_selector_head_per_attention_head_at_full_rank_is_the_oracle(family)
 
 
 def test_selector_heads_must_split_the_attention_heads_evenly():
-    attn = get_adapter(model := tiny_model("llava", "eager")).decoder_layers(model)[0].self_attn
+    model = tiny_model("llava", "eager")
+    attn = get_adapter(model).decoder_layers(model)[0].self_attn
     eye = torch.eye(attn.q_proj.in_features, dtype=torch.float64)
     with pytest.raises(ValueError, match="3 selector heads do not split the layer's 4 attention heads evenly"):
         fit_selector(attn, eye, eye, 6, "merged", 3)

@@ -172,8 +172,7 @@ def test_t2v_score_is_fitted_saved_and_routed(tmp_path):
         (dict(rank=12, heads=4), r"rank 12 does not split into 4 selector head\(s\) of even size .*divisible by 8"),
         (
             dict(rank=6, heads=4, form="merged"),
-            r"rank 6 does not split into 4 selector head\(s\); use a rank divisible "
-            "by 4",
+            r"rank 6 does not split into 4 selector head\(s\); use a rank divisible by 4",
         ),
         (dict(heads=0), "heads must be an integer >= 1, got 0"),
         (dict(form="rope"), r"form must be one of 'rotary', 'merged', got 'rope'"),
