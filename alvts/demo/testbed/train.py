@@ -2,6 +2,8 @@
 
     python -m alvts.demo.testbed.train --out alvts/demo/model     # the shipped demo: design g10 on all five tasks
     python -m alvts.demo.testbed.train --out DIR --tasks lookup,reading --steps 1000    # g10's go/no-go (README.md)
+    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 3,4,5,7 \
+        --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g12 (README.md)
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
 it holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it;
@@ -96,6 +98,41 @@ def union_target(task: str, item: dict) -> torch.Tensor:
     return first.mean(0, keepdim=True).expand_as(first) if task == "reading" else first
 
 
+def pretrain_vision(model, token_head: torch.nn.Linear, dense_loss, batches, args: argparse.Namespace) -> list[dict]:
+    """Train the vision tower and projector alone on the per-visual-token targets for --vision-steps, as a real
+    LVLM's tower is pretrained before the language model sees it: its tokens then say what and where they show
+    (and what lies next to a grid shape) before any decoder layer works on them."""
+    config = model.config
+    parameters = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    parameters += list(token_head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    log, started = [], time.perf_counter()
+    for step, items in zip(range(args.vision_steps), batches, strict=False):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+        tasks = [item["task"] for item in items]
+        targets = torch.cat([item["token_targets"] for item in items])
+        model.model.get_image_features(
+            pixel_values=torch.cat([item["pixel_values"] for item in items]),
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
+        loss = dense_loss(tasks, targets, None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.vision_steps:
+            row = {
+                "vision_step": step + 1,
+                "seconds": round(time.perf_counter() - started, 1),
+                "token_loss": loss.item(),
+            }
+            log.append(row)
+            print(json.dumps(row), flush=True)
+    return log
+
+
 def train(args: argparse.Namespace) -> None:
     """Train, probe every --probe-every steps (teacher-forced exact match), save to --out."""
     torch.manual_seed(args.seed)
@@ -114,7 +151,8 @@ def train(args: argparse.Namespace) -> None:
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
 
     adapter, pad_id = get_adapter(model), tokenizer.pad_token_id
-    probe_examples = held_out(args.probe_per_task, PROBE_SEED, args.tasks)
+    task_types = tuple(dict.fromkeys(args.tasks))
+    probe_examples = held_out(args.probe_per_task, PROBE_SEED, task_types)
     probe = collate([encode_conversation(processor, e.image, [(e.question, e.answer)]) for e in probe_examples],
                     pad_id, adapter)  # fmt: skip
     probe_tasks = [e.task for e in probe_examples]
@@ -165,7 +203,7 @@ def train(args: argparse.Namespace) -> None:
         grid = torch.cat([cells if task in GRID_TASKS else torch.full_like(cells, -100) for task in tasks])
         targets = torch.cat([targets[:, :5], grid, targets[:, 5:]], 1)
         loss = token_loss(token_head, captured["visual"].reshape(-1, hidden), targets)
-        if args.dense_layer >= 0:
+        if args.dense_layer >= 0 and image is not None:
             loss = loss + token_loss(deep_head, captured["deep"][image], targets)
         return loss
 
@@ -252,8 +290,11 @@ def train(args: argparse.Namespace) -> None:
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    log, window, started = [], [], time.perf_counter()
-    for step, items in zip(range(args.steps), loader, strict=False):
+    started = time.perf_counter()
+    batches = iter(loader)
+    log = pretrain_vision(model, token_head, dense_loss, batches, args) if args.vision_steps else []
+    window = []
+    for step, items in zip(range(args.steps), batches, strict=False):
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items])
         union = torch.cat([union_target(task, item) for task, item in zip(tasks, items, strict=True)])
@@ -294,7 +335,7 @@ def train(args: argparse.Namespace) -> None:
                 model.train()
                 row["probe"] = {
                     t: sum(h for h, pt in zip(hits, probe_tasks, strict=True) if pt == t) / args.probe_per_task
-                    for t in args.tasks
+                    for t in task_types
                 }
             log.append(row)
             window = []
@@ -321,8 +362,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-from", help="start from this checkpoint's weights (a second stage)")
+    parser.add_argument(
+        "--vision-steps", type=int, default=0, help="steps that first pretrain the vision tower alone (0: none)"
+    )
     parser.add_argument("--dense-layer", type=int, default=-1, help="per-token targets also here")
-    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=TASK_TYPES)
+    parser.add_argument(
+        "--tasks",
+        type=lambda text: tuple(text.split(",")),
+        default=TASK_TYPES,
+        help="task types in turn; one listed twice comes twice as often",
+    )
     parser.add_argument("--turns", type=int, default=6, help="questions per training image (lookup; reading has 1)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12)
