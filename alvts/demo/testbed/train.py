@@ -1,6 +1,6 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-    python -m alvts.demo.testbed.train --out alvts/demo/model     # the shipped demo: design g10 on all five tasks
+    python -m alvts.demo.testbed.train --out alvts/demo/model     # the shipped demo, g11: g10's design, five tasks
     python -m alvts.demo.testbed.train --out DIR --tasks lookup,reading --steps 1000    # g10's go/no-go (README.md)
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 3,4,5,7 \
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g12 (README.md)
@@ -117,7 +117,7 @@ def pretrain_vision(model, token_head: torch.nn.Linear, dense_loss, batches, arg
             vision_feature_layer=config.vision_feature_layer,
             vision_feature_select_strategy=config.vision_feature_select_strategy,
         )
-        loss = dense_loss(tasks, targets, None)
+        loss = dense_loss(tasks, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -198,8 +198,9 @@ def train(args: argparse.Namespace) -> None:
     parameters = [*model.parameters(), *(p for head in heads for p in head.parameters())]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
-    def dense_loss(tasks: list[str], targets: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Per-visual-token cross-entropies on the projector output (and --dense-layer's input)."""
+    def dense_loss(tasks: list[str], targets: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-visual-token cross-entropies on the projector output (and, given the visual-token mask `image`,
+        on --dense-layer's input)."""
         grid = torch.cat([cells if task in GRID_TASKS else torch.full_like(cells, -100) for task in tasks])
         targets = torch.cat([targets[:, :5], grid, targets[:, 5:]], 1)
         loss = token_loss(token_head, captured["visual"].reshape(-1, hidden), targets)
