@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from ...api import routed
 from ...evaluation.harness import generate_answers
@@ -61,10 +61,22 @@ def answer_tokens(example: Example) -> list[int]:
 
 
 def run(
-    model_path: str, tasks: tuple[str, ...], num_per_task: int, keep: float, batch_size: int, dense_first: int = 0
+    model_path: str,
+    tasks: tuple[str, ...],
+    num_per_task: int,
+    keep: float,
+    batch_size: int,
+    dense_first: int = 0,
+    schedule: list[float] | None = None,
 ) -> dict:
     """Accuracy per task and condition, the oracle's per-layer recall of the answer tokens and the visual tokens'
-    norm at each decoder layer's input; with dense_first, also oracle and random with that many dense first layers."""
+    norm at each decoder layer's input; with dense_first, also oracle and random with that many dense first layers;
+    with a schedule (one keep ratio per decoder layer), also oracle and random under it."""
+    layers = AutoConfig.from_pretrained(model_path).text_config.num_hidden_layers
+    if schedule and len(schedule) != layers:
+        raise ValueError(
+            f"--schedule has {len(schedule)} keep ratios and the model {layers} decoder layers: give one each"
+        )
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
     examples = held_out(num_per_task, EVAL_SEED, tasks)
@@ -76,12 +88,18 @@ def run(
         f"random@{keep}": (RandomPolicy(0), keep),
     }  # fmt: skip
     if dense_first:
-        schedule = [1.0] * dense_first + [keep] * (model.config.text_config.num_hidden_layers - dense_first)
+        dense = [1.0] * dense_first + [keep] * (layers - dense_first)
         conditions |= {
-            f"oracle d{dense_first}": (OraclePolicy(), schedule),
-            f"random d{dense_first}": (RandomPolicy(0), schedule),
+            f"oracle d{dense_first}": (OraclePolicy(), dense),
+            f"random d{dense_first}": (RandomPolicy(0), dense),
         }
-    table: dict = {"model": model_path, "num_per_task": num_per_task, "keep": keep, "rows": {}}
+    if schedule:
+        mean = sum(schedule) / len(schedule)
+        conditions |= {
+            f"oracle sched {mean:.2f}": (OraclePolicy(), schedule),
+            f"random sched {mean:.2f}": (RandomPolicy(0), schedule),
+        }
+    table: dict = {"model": model_path, "num_per_task": num_per_task, "keep": keep, "schedule": schedule, "rows": {}}
     for name, condition in conditions.items():
         started = time.perf_counter()
         with torch.no_grad(), routed(model, *condition) if condition is not None else torch.no_grad():
@@ -149,12 +167,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", type=float, default=0.11)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--dense-first", type=int, default=0, help="also route with this many dense first layers")
+    parser.add_argument(
+        "--schedule",
+        type=lambda text: [float(k) for k in text.split(",")],
+        help="also route with these keep ratios, one per decoder layer (e.g. layer 0 kept wider at the same mean)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    table = run(args.model, args.tasks, args.num_per_task, args.keep, args.batch_size, args.dense_first)
+    table = run(args.model, args.tasks, args.num_per_task, args.keep, args.batch_size, args.dense_first, args.schedule)
     print_table(table, args.tasks)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
