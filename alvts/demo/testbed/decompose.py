@@ -25,24 +25,28 @@ from ..tasks import EVAL_SEED
 from ..training_data import encode_conversation, held_out
 from .gonogo import RecordingOracle
 
-CONDITIONS = ("none", "routed", "skip", "visual queries", "prompt queries", "answer queries")
 HIDDEN = -math.inf
+# condition: (which queries the left-out tokens are hidden from, whether the left-out tokens skip the layer)
+CONDITIONS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "none": ((), False),
+    "routed": (("text", "kept"), True),
+    "skip": ((), True),
+    "visual queries": (("kept",), False),
+    "prompt queries": (("prompt",), False),
+    "answer queries": (("answer",), False),
+}
 
 
-def masks(condition: str, heads: int, length: int, text: torch.Tensor, first_answer: int, kept, left_out):
-    """(heads, length, length) additive mask for `condition` at the routed layer, and the tokens that skip it."""
+def hiding_mask(
+    hidden_from: tuple[str, ...], head: int | None, shape: tuple[int, int], queries: dict, left_out: torch.Tensor
+) -> torch.Tensor:
+    """(heads, length) = `shape`: an additive (heads, length, length) mask that hides the `left_out` keys from the
+    `hidden_from` query rows (`queries[kind]`, positions), in one head or (head None) in all of them."""
+    heads, length = shape
     mask = torch.zeros(heads, length, length)
-    rows = text.nonzero()[:, 0]
-    queries = {
-        "routed": [rows, kept],
-        "visual queries": [kept],
-        "prompt queries": [rows[rows < first_answer]],
-        "answer queries": [rows[rows >= first_answer]],
-    }.get(condition.split(", head")[0], [])
-    head = slice(None) if ", head" not in condition else int(condition.rsplit(" ", 1)[1])
-    for query_rows in queries:
-        mask[head, query_rows[:, None], left_out[None]] = HIDDEN
-    return mask, left_out if condition in ("routed", "skip") else None
+    for kind in hidden_from:
+        mask[slice(None) if head is None else head, queries[kind][:, None], left_out[None]] = HIDDEN
+    return mask
 
 
 def run(model_path: str, layer_idx: int, tasks: tuple[str, ...], num_per_task: int, keep: float) -> dict:
@@ -51,7 +55,8 @@ def run(model_path: str, layer_idx: int, tasks: tuple[str, ...], num_per_task: i
     processor = load_processor(model_path)
     text_config = model.config.text_config
     heads, layers = text_config.num_attention_heads, text_config.num_hidden_layers
-    conditions = (*CONDITIONS, *(f"answer queries, head {h}" for h in range(heads)))
+    conditions = {name: (*value, None) for name, value in CONDITIONS.items()}
+    conditions |= {f"answer queries, head {h}": (("answer",), False, h) for h in range(heads)}
     active: dict = {}
 
     def attention(module, query, key, value, attention_mask, **kwargs):
@@ -98,10 +103,12 @@ def run(model_path: str, layer_idx: int, tasks: tuple[str, ...], num_per_task: i
         text = torch.ones(len(labels), dtype=torch.bool)
         text[visual] = False
         answer = (labels != -100).nonzero()[:, 0]
-        for condition in conditions:
-            active["mask"], active["skip"] = masks(
-                condition, heads, len(labels), text, int(answer[0]) - 1, visual[indices], visual[left]
-            )
+        rows = text.nonzero()[:, 0]
+        first = int(answer[0]) - 1  # the position that predicts the first answer token
+        queries = {"text": rows, "kept": visual[indices], "prompt": rows[rows < first], "answer": rows[rows >= first]}
+        for condition, (hidden_from, skips, head) in conditions.items():
+            active["mask"] = hiding_mask(hidden_from, head, (heads, len(labels)), queries, visual[left])
+            active["skip"] = visual[left] if skips else None
             with torch.no_grad():
                 logits = model(**encoded).logits[0]
             hits[example.task][condition] += int((logits[answer - 1].argmax(-1) == labels[answer]).all())
