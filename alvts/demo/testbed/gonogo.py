@@ -3,6 +3,7 @@ at keep 0.11 and per-layer random at keep 0.11 (every decoder layer routed), wit
 ratio to full; plus, per layer, how often the oracle kept the tokens that hold the answer (chance: the keep ratio).
 
     python -m alvts.demo.testbed.gonogo /tmp/testbed/run --num-per-task 100 [--tasks lookup,reading]
+        [--dense-first 2] [--schedule 0.33,0.09,...]   # also with dense first layers, or one keep ratio per layer
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def run(
     layers = AutoConfig.from_pretrained(model_path).text_config.num_hidden_layers
     if schedule and len(schedule) != layers:
         raise ValueError(
-            f"--schedule has {len(schedule)} keep ratios and the model {layers} decoder layers: give one each"
+            f"--schedule has {len(schedule)} keep ratios but the model has {layers} decoder layers: give one per layer"
         )
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
