@@ -7,7 +7,6 @@ kind of query, or skip the layer. Routing the layer does all of it at once.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -23,7 +22,7 @@ from ...evaluation.processor import load_processor
 from ...evaluation.report import wilson_interval
 from ..tasks import EVAL_SEED
 from ..training_data import encode_conversation, held_out
-from .gonogo import RecordingOracle
+from .gonogo import RecordingOracle, testbed_parser
 
 HIDDEN = -math.inf
 # condition: (which queries the left-out tokens are hidden from, whether the left-out tokens skip the layer)
@@ -125,12 +124,8 @@ def run(model_path: str, layer_idx: int, tasks: tuple[str, ...], num_per_task: i
 
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model")
+    parser = testbed_parser(__doc__, num_per_task=30)
     parser.add_argument("--layer", type=int, default=1)
-    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
-    parser.add_argument("--num-per-task", type=int, default=30)
-    parser.add_argument("--keep", type=float, default=0.11)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)

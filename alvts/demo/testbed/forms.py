@@ -7,7 +7,6 @@ keep 0.11 on every layer.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
@@ -22,6 +21,7 @@ from ...policies.importance import received_attention_log_scores, rotated_querie
 from ...routing.policy import LayerInputs, Policy
 from ..tasks import EVAL_SEED
 from ..training_data import held_out
+from .gonogo import testbed_parser
 
 
 class RealQueriesKeys(Policy):
@@ -57,11 +57,7 @@ FORMS = {
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: accuracy per task for each form, at keep --keep on every layer."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model")
-    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
-    parser.add_argument("--num-per-task", type=int, default=40)
-    parser.add_argument("--keep", type=float, default=0.11)
+    parser = testbed_parser(__doc__, num_per_task=40)
     args = parser.parse_args(argv)
     model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
     processor = load_processor(args.model)

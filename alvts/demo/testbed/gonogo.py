@@ -143,6 +143,16 @@ def run(
     return table
 
 
+def testbed_parser(doc: str, num_per_task: int) -> argparse.ArgumentParser:
+    """The arguments every testbed measurement takes: a model folder, tasks, questions per task and keep ratio."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
+    parser.add_argument("--num-per-task", type=int, default=num_per_task)
+    parser.add_argument("--keep", type=float, default=0.11)
+    return parser
+
+
 def print_table(table: dict, tasks: tuple[str, ...]) -> None:
     """One line per condition and task: accuracy, n, Wilson interval, ratio to full."""
     full = table["rows"]["full"]
@@ -161,11 +171,7 @@ def print_table(table: dict, tasks: tuple[str, ...]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model")
-    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
-    parser.add_argument("--num-per-task", type=int, default=100)
-    parser.add_argument("--keep", type=float, default=0.11)
+    parser = testbed_parser(__doc__, num_per_task=100)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--dense-first", type=int, default=0, help="also route with this many dense first layers")
     parser.add_argument(
