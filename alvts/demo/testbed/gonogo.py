@@ -24,6 +24,7 @@ from ...evaluation.inputs import prompt_text
 from ...evaluation.processor import load_processor
 from ...evaluation.report import wilson_interval
 from ...evaluation.scoring import normalise
+from ...packs import SelectorPack
 from ...policies import OraclePolicy, RandomPolicy
 from ...routing.policy import LayerInputs
 from ..tasks import EVAL_SEED, Example
@@ -69,15 +70,18 @@ def run(
     batch_size: int,
     dense_first: int = 0,
     schedule: list[float] | None = None,
+    pack: str | None = None,
 ) -> dict:
     """Accuracy per task and condition, the oracle's per-layer recall of the answer tokens and the visual tokens'
     norm at each decoder layer's input; with dense_first, also oracle and random with that many dense first layers;
-    with a schedule (one keep ratio per decoder layer), also oracle and random under it."""
+    with a schedule (one keep ratio per decoder layer), also oracle and random under it; with a selector pack, also
+    the pack under each budget."""
     layers = AutoConfig.from_pretrained(model_path).text_config.num_hidden_layers
     if schedule and len(schedule) != layers:
         raise ValueError(
             f"--schedule has {len(schedule)} keep ratios but the model has {layers} decoder layers: give one per layer"
         )
+    selectors = SelectorPack.from_pretrained(pack) if pack else None
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
     examples = held_out(num_per_task, EVAL_SEED, tasks)
@@ -88,18 +92,15 @@ def run(
         "full": None, f"oracle@{keep}": (oracle, keep), f"oracle t2v@{keep}": (OraclePolicy(score="t2v"), keep),
         f"random@{keep}": (RandomPolicy(0), keep),
     }  # fmt: skip
+    budgets = {f"@{keep}": keep}
     if dense_first:
-        dense = [1.0] * dense_first + [keep] * (layers - dense_first)
-        conditions |= {
-            f"oracle d{dense_first}": (OraclePolicy(), dense),
-            f"random d{dense_first}": (RandomPolicy(0), dense),
-        }
+        budgets[f" d{dense_first}"] = [1.0] * dense_first + [keep] * (layers - dense_first)
     if schedule:
-        mean = sum(schedule) / len(schedule)
-        conditions |= {
-            f"oracle sched {mean:.2f}": (OraclePolicy(), schedule),
-            f"random sched {mean:.2f}": (RandomPolicy(0), schedule),
-        }
+        budgets[f" sched {sum(schedule) / len(schedule):.2f}"] = schedule
+    for suffix, budget in list(budgets.items())[1:]:
+        conditions |= {f"oracle{suffix}": (OraclePolicy(), budget), f"random{suffix}": (RandomPolicy(0), budget)}
+    if selectors is not None:
+        conditions |= {f"pack{suffix}": (selectors, budget) for suffix, budget in budgets.items()}
     table: dict = {"model": model_path, "num_per_task": num_per_task, "keep": keep, "schedule": schedule, "rows": {}}
     for name, condition in conditions.items():
         started = time.perf_counter()
@@ -179,12 +180,22 @@ def main(argv: list[str] | None = None) -> None:
         type=lambda text: [float(k) for k in text.split(",")],
         help="also route with these keep ratios, one per decoder layer (e.g. layer 0 kept wider at the same mean)",
     )
+    parser.add_argument("--pack", help="also route with this selector pack (folder) under each budget")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    table = run(args.model, args.tasks, args.num_per_task, args.keep, args.batch_size, args.dense_first, args.schedule)
+    table = run(
+        args.model,
+        args.tasks,
+        args.num_per_task,
+        args.keep,
+        args.batch_size,
+        args.dense_first,
+        args.schedule,
+        args.pack,
+    )
     print_table(table, args.tasks)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
