@@ -4,6 +4,7 @@ ratio to full; plus, per layer, how often the oracle kept the tokens that hold t
 
     python -m alvts.demo.testbed.gonogo /tmp/testbed/run --num-per-task 100 [--tasks lookup,reading]
         [--dense-first 2] [--schedule 0.33,0.09,...]   # also with dense first layers, or one keep ratio per layer
+        [--pack PACK]                                   # also a fitted selector pack, under each of those budgets
 """
 
 from __future__ import annotations
