@@ -102,7 +102,9 @@ def run(
         conditions |= {f"oracle{suffix}": (OraclePolicy(), budget), f"random{suffix}": (RandomPolicy(0), budget)}
     if selectors is not None:
         conditions |= {f"pack{suffix}": (selectors, budget) for suffix, budget in budgets.items()}
-    table: dict = {"model": model_path, "num_per_task": num_per_task, "keep": keep, "schedule": schedule, "rows": {}}
+    table: dict = {
+        "model": model_path, "num_per_task": num_per_task, "keep": keep, "schedule": schedule, "pack": pack, "rows": {}
+    }  # fmt: skip
     for name, condition in conditions.items():
         started = time.perf_counter()
         with torch.no_grad(), routed(model, *condition) if condition is not None else torch.no_grad():
