@@ -5,6 +5,7 @@ ratio to full; plus, per layer, how often the oracle kept the tokens that hold t
     python -m alvts.demo.testbed.gonogo /tmp/testbed/run --num-per-task 100 [--tasks lookup,reading]
         [--dense-first 2] [--schedule 0.33,0.09,...]   # also with dense first layers, or one keep ratio per layer
         [--pack PACK]                                   # also a fitted selector pack, under each of those budgets
+        [--one-layer]                                   # also the oracle on one layer at a time, the others dense
 """
 
 from __future__ import annotations
@@ -72,11 +73,12 @@ def run(
     dense_first: int = 0,
     schedule: list[float] | None = None,
     pack: str | None = None,
+    one_layer: bool = False,
 ) -> dict:
     """Accuracy per task and condition, the oracle's per-layer recall of the answer tokens and the visual tokens'
     norm at each decoder layer's input; with dense_first, also oracle and random with that many dense first layers;
     with a schedule (one keep ratio per decoder layer), also oracle and random under it; with a selector pack, also
-    the pack under each budget."""
+    the pack under each budget; with one_layer, also the oracle at keep on one layer at a time, every other dense."""
     layers = AutoConfig.from_pretrained(model_path).text_config.num_hidden_layers
     if schedule and len(schedule) != layers:
         raise ValueError(
@@ -102,6 +104,9 @@ def run(
         conditions |= {f"oracle{suffix}": (OraclePolicy(), budget), f"random{suffix}": (RandomPolicy(0), budget)}
     if selectors is not None:
         conditions |= {f"pack{suffix}": (selectors, budget) for suffix, budget in budgets.items()}
+    for layer in range(layers) if one_layer else ():
+        alone = [keep if i == layer else 1.0 for i in range(layers)]
+        conditions[f"oracle L{layer} only"] = (OraclePolicy(), alone)
     table: dict = {
         "model": model_path, "num_per_task": num_per_task, "keep": keep, "schedule": schedule, "pack": pack, "rows": {}
     }  # fmt: skip
@@ -184,21 +189,16 @@ def main(argv: list[str] | None = None) -> None:
         help="also route with these keep ratios, one per decoder layer (e.g. layer 0 kept wider at the same mean)",
     )
     parser.add_argument("--pack", help="also route with this selector pack (folder) under each budget")
+    parser.add_argument("--one-layer", action="store_true", help="also the oracle on one layer at a time")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     table = run(
-        args.model,
-        args.tasks,
-        args.num_per_task,
-        args.keep,
-        args.batch_size,
-        args.dense_first,
-        args.schedule,
-        args.pack,
-    )
+        args.model, args.tasks, args.num_per_task, args.keep, args.batch_size,
+        dense_first=args.dense_first, schedule=args.schedule, pack=args.pack, one_layer=args.one_layer,
+    )  # fmt: skip
     print_table(table, args.tasks)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
