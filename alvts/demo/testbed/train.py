@@ -17,7 +17,9 @@ holds that answer token (`answer_guides`' first target), and with --guide-heads 
 token of the question at once (so prefill's last position already looks at every digit a reading answer will need);
 in each of the `--v2v-layers`, the attention of the `--v2v-heads` at every visual query, pulled toward the centre
 tokens near it (`centres_target`; or, with --v2v-target neighbourhood, the foreground tokens of its causal 3 x 3
-neighbourhood) as real vision-language layers attend locally within objects. Every other head and layer is free.
+neighbourhood) as real vision-language layers attend locally within objects. With --number-end, reading's digit
+tokens also learn whether they are the number's last, and the position that predicts the end token is guided (head
+0 toward the last digit, head 1 toward every digit) like the digits' positions. Every other head and layer is free.
 """
 
 from __future__ import annotations
@@ -102,13 +104,33 @@ def union_target(task: str, item: dict) -> torch.Tensor:
     return first.mean(0, keepdim=True).expand_as(first) if task == "reading" else first
 
 
-def pretrain_vision(model, token_head: torch.nn.Linear, dense_loss, batches, args: argparse.Namespace) -> list[dict]:
+def last_digit_labels(targets: torch.Tensor) -> torch.Tensor:
+    """(tokens,) long from token_targets rows (SIDE * SIDE per image): 1 on each image's last digit, 0 on its other
+    digits, -100 off the number (a token then says whether the number ends after it)."""
+    order = targets[:, 4].view(-1, SIDE * SIDE)
+    last = (order == order.max(1, keepdim=True).values).long()
+    return torch.where(order > 0, last, -100).flatten()
+
+
+def with_end_row(item: dict) -> dict:
+    """A reading item's guides with one more row, for the position that predicts the end token: no question fields,
+    and its first guided head looks at the last digit (the number ends there)."""
+    fields, first, second = (item[name] for name in GUIDES)
+    item["fields"] = torch.cat([fields, torch.full_like(fields[:1], -100)])
+    item["first_attention"] = torch.cat([first, first[-1:]])
+    item["second_attention"] = torch.cat([second, torch.zeros_like(second[:1])])
+    return item
+
+
+def pretrain_vision(
+    model, token_heads: list[torch.nn.Linear], dense_loss, batches, args: argparse.Namespace
+) -> list[dict]:
     """Train the vision tower and projector alone on the per-visual-token targets for --vision-steps, as a real
     LVLM's tower is pretrained before the language model sees it: its tokens then say what and where they show
     (and what lies next to a grid shape) before any decoder layer works on them."""
     config = model.config
     parameters = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
-    parameters += list(token_head.parameters())
+    parameters += [p for head in token_heads for p in head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
     log, started = [], time.perf_counter()
     for step, items in zip(range(args.vision_steps), batches, strict=False):
@@ -173,6 +195,7 @@ def train(args: argparse.Namespace) -> None:
     token_head = torch.nn.Linear(hidden, sum(SPLITS))
     field_head = torch.nn.Linear(hidden, sum(FIELDS.values()))
     deep_head = torch.nn.Linear(hidden, sum(SPLITS))
+    last_head = torch.nn.Linear(hidden, 2) if args.number_end else None
     if args.dense_layer >= 0:  # the same per-token targets on the visual tokens entering this decoder layer
         layers[args.dense_layer].register_forward_pre_hook(
             lambda m, a, kw: captured.update(deep=kw.get("hidden_states", a[0] if a else None)), with_kwargs=True
@@ -198,7 +221,7 @@ def train(args: argparse.Namespace) -> None:
                 lambda m, a, kw, i=index: captured.update({("input", i): kw.get("hidden_states", a[0] if a else None)}),
                 with_kwargs=True,
             )
-    heads = (token_head, field_head, deep_head)
+    heads = (token_head, field_head, deep_head) + ((last_head,) if last_head is not None else ())
     parameters = [*model.parameters(), *(p for head in heads for p in head.parameters())]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
@@ -207,7 +230,10 @@ def train(args: argparse.Namespace) -> None:
         on --dense-layer's input)."""
         grid = torch.cat([cells if task in GRID_TASKS else torch.full_like(cells, -100) for task in tasks])
         targets = torch.cat([targets[:, :5], grid, targets[:, 5:]], 1)
-        loss = token_loss(token_head, captured["visual"].reshape(-1, hidden), targets)
+        visual = captured["visual"].reshape(-1, hidden)
+        loss = token_loss(token_head, visual, targets)
+        if last_head is not None and any(task == "reading" for task in tasks):
+            loss = loss + F.cross_entropy(last_head(F.rms_norm(visual, (hidden,))), last_digit_labels(targets))
         if args.dense_layer >= 0 and image is not None:
             loss = loss + token_loss(deep_head, captured["deep"][image], targets)
         return loss
@@ -235,9 +261,12 @@ def train(args: argparse.Namespace) -> None:
         ]
         return torch.stack(drifts).mean()
 
-    def guide_losses(guides: dict, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(question-field loss, attention loss) at the positions that predict each answer token (end excluded)."""
-        answer = (labels != -100) & (labels != end_id)
+    def guide_losses(
+        guides: dict, batch: dict, labels: torch.Tensor, with_end: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(question-field loss, attention loss) at the positions that predict each answer token (the end token only
+        in the batch rows marked `with_end`)."""
+        answer = (labels != -100) & ((labels != end_id) | with_end[:, None])
         rows, positions = answer.nonzero(as_tuple=True)
         positions = positions - 1
         field_loss = attention_loss = torch.zeros(())
@@ -297,12 +326,17 @@ def train(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     batches = iter(loader)
-    log = pretrain_vision(model, token_head, dense_loss, batches, args) if args.vision_steps else []
+    log = pretrain_vision(model, [token_head, *heads[3:]], dense_loss, batches, args) if args.vision_steps else []
     window = []
     for step, items in zip(range(args.steps), batches, strict=False):
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items])
-        union = torch.cat([union_target(task, item) for task, item in zip(tasks, items, strict=True)])
+        union = [union_target(task, item) for task, item in zip(tasks, items, strict=True)]
+        with_end = torch.tensor([args.number_end and task == "reading" for task in tasks])
+        for index in with_end.nonzero()[:, 0].tolist():
+            items[index] = with_end_row(items[index])
+            union[index] = torch.cat([union[index], union[index][-1:]])
+        union = torch.cat(union)
         guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES} | {"union_attention": union}
         batch = collate(items, pad_id, adapter)
         labels = batch.pop("labels")
@@ -311,7 +345,7 @@ def train(args: argparse.Namespace) -> None:
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
         dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
-        field_loss, attention_loss = guide_losses(guides, batch, labels)
+        field_loss, attention_loss = guide_losses(guides, batch, labels, with_end)
         v2v = v2v_loss(targets[:, marked_column] > 0, batch)
         anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
         optimizer.zero_grad(set_to_none=True)
@@ -395,6 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--v2v-heads", type=integers, default=[0, 1, 2, 3], help="heads guided at visual queries")
     parser.add_argument("--v2v-target", default="centres", choices=V2V_TARGETS, help="what visual queries attend to")
     parser.add_argument("--guide-heads", type=int, default=2, choices=(1, 2), help="guided heads in each of them")
+    parser.add_argument(
+        "--number-end",
+        action="store_true",
+        help="reading: each digit token also learns whether it is the number's last, and the position that predicts"
+        " the end token looks at the last digit",
+    )
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--guide-weight", type=float, default=1.0)
     parser.add_argument("--anchor-weight", type=float, default=0.5, help="weight of the visual tokens' drift loss")
