@@ -8,6 +8,9 @@
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g15 (README.md)
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g16 (README.md)
+    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
+        --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # g17, with the reading
+                                                           # suite of commit 9a4ede0 (README.md)
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
 it holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it;
