@@ -329,7 +329,8 @@ def train(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     batches = iter(loader)
-    log = pretrain_vision(model, [token_head, *heads[3:]], dense_loss, batches, args) if args.vision_steps else []
+    vision_heads = [head for head in (token_head, last_head) if head is not None]
+    log = pretrain_vision(model, vision_heads, dense_loss, batches, args) if args.vision_steps else []
     window = []
     for step, items in zip(range(args.steps), batches, strict=False):
         tasks = [item.pop("task") for item in items]
