@@ -13,7 +13,6 @@ from .vocab import COLOURS, COMBOS, DIRECTIONS, NEGATIVE_MODES, POPULAR_TOP_K, P
 GRID = 4  # lookup grid is GRID x GRID cells
 TEXT_UNITS = 112  # a font pixel is 1/TEXT_UNITS of the image side: at 448 px a glyph (5 x 7) with its gap fills
 GLYPH_PITCH = GLYPH_WIDTH + GLYPH_GAP  # one 28-px visual token, so each digit lives in exactly one token
-READING_COLUMN = 1  # the number's first glyph is in this token column (the left margin); its line is random
 SHAPE_SIZES = (0.10, 0.14)  # side of a scattered shape as a fraction of the image side
 TOKENS = 16  # visual tokens per image side at 448 px (28 px each)
 COUNTING_SIZE = 0.05  # a counted shape (22 px at 448) fits inside one visual token
@@ -120,12 +119,14 @@ def _existence_attempt(rng: random.Random) -> tuple[Scene, str] | None:
 
 
 def _reading(rng: random.Random) -> tuple[Scene, str]:
-    """A 3-5 digit number in the bitmap font on a random line, starting at the left margin like a ledger entry, plus
-    1-3 distractor shapes; the answer is a multi-token string read glyph by glyph."""
+    """A 3-5 digit number in the bitmap font starting in a random token column of a random line, plus 1-3 distractor
+    shapes; the answer is a multi-token string read glyph by glyph. Where the number is varies in both directions, so
+    a reader has to find its digits by what they show, not by a fixed position."""
     text = str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(2, 4)))
-    # glyph i fills token column READING_COLUMN + i of token row m (at 448 px): one digit per visual token
+    # glyph i fills token column k + i of token row m (at 448 px): one digit per visual token, the last one left of
+    # the right margin
     width, height = text_extent(text)  # font pixels
-    k = READING_COLUMN
+    k = rng.randint(1, TOKENS - 1 - len(text))
     m = rng.randint(1, (int((1 - MARGIN) * TEXT_UNITS) - height) // GLYPH_PITCH)
     x, y = (GLYPH_PITCH * k + 1) / TEXT_UNITS, GLYPH_PITCH * m / TEXT_UNITS
     text_box = [round(x, 4), round(y, 4), round(x + width / TEXT_UNITS, 4), round(y + height / TEXT_UNITS, 4)]
