@@ -140,8 +140,9 @@ def _attend(tokens: Sequence[int], size: int, sink: bool = False) -> torch.Tenso
     return target / target.sum()
 
 
-def answer_guides(scene: dict, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training-only targets for each answer token of a scene's question (its end token excluded), as seen from the
+def answer_guides(scene: dict, size: int, number_end: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-only targets for each answer token of a scene's question (its end token excluded, but for reading
+    with `number_end`, where its first layer looks at the last digit: the number ends there), as seen from the
     position that predicts it: what the question asks (`FIELDS`, -100 where it does not apply), and where two
     consecutive decoder layers should look, over (sink, visual tokens). The sink stands for "nothing here"
     (existence "no"), and counting looks at the sink plus one centre per counted shape, so the sink's share,
@@ -158,6 +159,8 @@ def answer_guides(scene: dict, size: int) -> tuple[torch.Tensor, torch.Tensor, t
             (fields | {"part": i}, _attend([centre_token(point, size)], size), empty)
             for i, point in enumerate(_digit_centres(scene))
         ]
+        if number_end:
+            rows.append((dict.fromkeys(FIELDS, -100), rows[-1][1], empty))
     elif task == "lookup":
         fields |= {"row": query["row"] - 1, "col": query["col"] - 1}
         rows = [(fields, _attend([centres[(query["row"] - 1) * GRID + query["col"] - 1]], size), empty)]
@@ -232,10 +235,14 @@ def conversation(example: Example, turns: int, rng: random.Random) -> list[tuple
 class TrainingStream(IterableDataset):
     """Endless training examples, task types in turn (a type listed twice comes twice as often), one training-block
     seed per example: deterministic order.
-    Each image carries up to `turns` questions (more answer tokens per forward pass of its 256 visual tokens)."""
+    Each image carries up to `turns` questions (more answer tokens per forward pass of its 256 visual tokens); with
+    `number_end`, reading's guides also cover its end token (`answer_guides`)."""
 
-    def __init__(self, processor, tasks: Sequence[str] = TASK_TYPES, start: int = 0, turns: int = 1):
+    def __init__(
+        self, processor, tasks: Sequence[str] = TASK_TYPES, start: int = 0, turns: int = 1, number_end: bool = False
+    ):
         self.processor, self.tasks, self.start, self.turns = processor, tuple(tasks), start, turns
+        self.number_end = number_end
 
     def __iter__(self) -> Iterator[dict]:
         index = self.start
@@ -243,7 +250,7 @@ class TrainingStream(IterableDataset):
             task = self.tasks[index % len(self.tasks)]
             example = make_example(task, example_seed(TRAIN_SEED, index))
             turns = conversation(example, self.turns, random.Random(example.seed))
-            guides = [answer_guides(scene, example.image.size[0]) for _, _, scene in turns]
+            guides = [answer_guides(scene, example.image.size[0], self.number_end) for _, _, scene in turns]
             yield {
                 **encode_conversation(self.processor, example.image, [(q, a) for q, a, _ in turns]),
                 "task": task,

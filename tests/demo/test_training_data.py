@@ -152,3 +152,15 @@ def test_reading_and_relation_guides_have_one_row_per_answer_token():
     answer = next(o for o in relation.scene["objects"] if f"{o['colour']} {o['shape']}" == relation.answer)
     assert len(fields) == 2 and fields[:, list(FIELDS).index("part")].tolist() == [0, 1]
     assert (first[:, 1 + _token(anchor["centre"])] == 1).all() and (second[:, 1 + _token(answer["centre"])] == 1).all()
+
+
+def test_number_end_adds_a_row_that_looks_at_the_last_digit_and_asks_nothing():
+    reading = make_example("reading", 0)
+    fields, first, second = answer_guides(reading.scene, 448)
+    end_fields, end_first, end_second = answer_guides(reading.scene, 448, number_end=True)
+    assert len(end_fields) == len(reading.answer) + 1
+    assert torch.equal(end_first[:-1], first) and torch.equal(end_first[-1], first[-1])
+    assert (end_fields[-1] == -100).all() and (end_second[-1] == 0).all()
+    lookup = make_example("lookup", 0)
+    plain, with_end = answer_guides(lookup.scene, 448), answer_guides(lookup.scene, 448, number_end=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, with_end, strict=True))  # other tasks unchanged

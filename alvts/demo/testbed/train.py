@@ -101,10 +101,13 @@ V2V_TARGETS = {  # name: (radius, which token_targets column marks the attended 
 
 
 def union_target(task: str, item: dict) -> torch.Tensor:
-    """Per answer token, attention spread over every answer token of its question: one question per reading image,
-    so all its digits; a lookup answer is one token, so its own target."""
+    """Per answer token, attention spread evenly over every token its question's answer looks at: one question per
+    reading image, so all its digits; a lookup answer is one token, so its own target."""
     first = item["first_attention"]
-    return first.mean(0, keepdim=True).expand_as(first) if task == "reading" else first
+    if task != "reading":
+        return first
+    looked_at = (first > 0).any(0).float()
+    return (looked_at / looked_at.sum()).expand_as(first)
 
 
 def last_digit_labels(targets: torch.Tensor) -> torch.Tensor:
@@ -113,16 +116,6 @@ def last_digit_labels(targets: torch.Tensor) -> torch.Tensor:
     order = targets[:, 4].view(-1, SIDE * SIDE)
     last = (order == order.max(1, keepdim=True).values).long()
     return torch.where(order > 0, last, -100).flatten()
-
-
-def with_end_row(item: dict) -> dict:
-    """A reading item's guides with one more row, for the position that predicts the end token: no question fields,
-    and its first guided head looks at the last digit (the number ends there)."""
-    fields, first, second = (item[name] for name in GUIDES)
-    item["fields"] = torch.cat([fields, torch.full_like(fields[:1], -100)])
-    item["first_attention"] = torch.cat([first, first[-1:]])
-    item["second_attention"] = torch.cat([second, torch.zeros_like(second[:1])])
-    return item
 
 
 def pretrain_vision(
@@ -185,7 +178,7 @@ def train(args: argparse.Namespace) -> None:
     probe = collate([encode_conversation(processor, e.image, [(e.question, e.answer)]) for e in probe_examples],
                     pad_id, adapter)  # fmt: skip
     probe_tasks = [e.task for e in probe_examples]
-    stream = TrainingStream(processor, args.tasks, turns=args.turns)
+    stream = TrainingStream(processor, args.tasks, turns=args.turns, number_end=args.number_end)
     loader = DataLoader(
         stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
@@ -335,12 +328,8 @@ def train(args: argparse.Namespace) -> None:
     for step, items in zip(range(args.steps), batches, strict=False):
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items])
-        union = [union_target(task, item) for task, item in zip(tasks, items, strict=True)]
+        union = torch.cat([union_target(task, item) for task, item in zip(tasks, items, strict=True)])
         with_end = torch.tensor([args.number_end and task == "reading" for task in tasks])
-        for index in with_end.nonzero()[:, 0].tolist():
-            items[index] = with_end_row(items[index])
-            union[index] = torch.cat([union[index], union[index][-1:]])
-        union = torch.cat(union)
         guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES} | {"union_attention": union}
         batch = collate(items, pad_id, adapter)
         labels = batch.pop("labels")
