@@ -31,9 +31,7 @@ def test_the_wheel_ships_the_recipes(wheel):
     assert not [name for name in names if ".data/" in name]  # nothing installed outside the package
 
 
-@pytest.mark.skipif(
-    not is_built(), reason="the demo model is not trained yet (issue 5): run `python -m alvts.demo.train`"
-)
+@pytest.mark.skipif(not is_built(), reason="the demo model is not in this checkout: README, Demo model")
 def test_the_wheel_ships_the_model(wheel, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("model.safetensors", "config.json", "tokenizer.json", "processor_config.json", "chat_template.jinja"):

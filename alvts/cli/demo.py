@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         run_demo(args.num_per_task, args.keep or 0.11)
         return
     if not args.tiny:
-        print(f"No demo model at {DEMO_MODEL_PATH} yet (build it: python -m alvts.demo.train); routing tiny models.")
+        print(f"No demo model at {DEMO_MODEL_PATH} yet (build it: README, Demo model); routing tiny models.")
     for family in FAMILIES if args.family == "all" else [args.family]:
         run(family, args.policy, args.keep or 0.25, args.attn, args.new_tokens)
 
