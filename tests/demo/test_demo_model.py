@@ -27,7 +27,8 @@ from alvts.policies import OraclePolicy, RandomPolicy
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 PER_TASK = 20  # a block used by neither training (TRAIN_SEED) nor the README's evaluation (EVAL_SEED)
 BLOCK = EVAL_SEED + 2
-RECORDED = Path(DEMO_MODEL_PATH).parent / "testbed" / "results" / "g11_gonogo.json"  # 200 per task, EVAL_SEED
+BONFERRONI_Z = 2.576  # two-sided 99%: 0.05 shared by the five tasks
+RECORDED = Path(DEMO_MODEL_PATH).parent / "testbed" / "results" / "g17_gonogo.json"  # 200 per task, EVAL_SEED
 needs_model = pytest.mark.skipif(
     not is_built(), reason="the demo model is not in this checkout: python -m alvts.demo.testbed.train (README)"
 )
@@ -74,12 +75,13 @@ def test_answers_from_the_image(demo):
     """The tasks at the bar (`TASKS_AT_BAR`) reach the issue's 95% at full tokens on 200 held-out questions (README);
     on this smaller block the bar allows one miss in 20, and with blank images they fall by at least 30 points. Every
     task stays within what the recorded 200-question measurement allows for 20 questions: at least the lower end of
-    the 95% Wilson interval of that rate at n = 20."""
+    that rate's Wilson interval at n = 20, at 99% per task so that the five tasks together hold at 95% (Bonferroni)."""
     examples = held_out(PER_TASK, BLOCK)
     full = _accuracy(demo, examples)
     recorded = json.loads(RECORDED.read_text())["rows"]["full"]
     for task in TASK_TYPES:
-        assert full[task] >= wilson_interval(recorded[task]["acc"], PER_TASK)[0], (task, full, recorded[task])
+        lowest = wilson_interval(recorded[task]["acc"], PER_TASK, z=BONFERRONI_Z)[0]
+        assert full[task] >= lowest, (task, full, recorded[task])
     at_bar = [e for e in examples if e.task in TASKS_AT_BAR]
     blank = _accuracy(demo, at_bar, images=[Image.new("RGB", e.image.size, BACKGROUND) for e in at_bar])
     for task in TASKS_AT_BAR:
