@@ -1,6 +1,10 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-    python -m alvts.demo.testbed.train --out alvts/demo/model     # the shipped demo, g11: g10's design, five tasks
+The shipped demo, g17 (README.md), then earlier designs:
+
+    python -m alvts.demo.testbed.train --out alvts/demo/model --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
+        --number-end --tasks lookup,counting,existence,reading,relation,counting,existence,relation
+    python -m alvts.demo.testbed.train --out DIR     # g11, the previous demo: g10's design, five tasks
     python -m alvts.demo.testbed.train --out DIR --tasks lookup,reading --steps 1000    # g10's go/no-go (README.md)
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 3,4,5,7 \
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g12 (README.md)
@@ -8,9 +12,6 @@
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g15 (README.md)
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g16 (README.md)
-    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
-        --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # g17, with the reading
-                                                           # suite of commit 9a4ede0 (README.md)
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
 it holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it;
