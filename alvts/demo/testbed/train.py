@@ -44,7 +44,7 @@ from ...routing.adapters import get_adapter
 from ..tasks import EVAL_SEED, TASK_TYPES
 from ..tasks.geometry import MARGIN
 from ..tasks.scenes import GRID
-from ..train import answer_attention, exact_match, per_example_loss, query_log_attention, save
+from ..train import answer_attention, exact_match, per_example_loss, query_key_states, save
 from ..training_data import (
     ANSWER_END,
     FIELDS,
@@ -95,6 +95,39 @@ def neighbourhood_target(marked: torch.Tensor, neighbours: torch.Tensor) -> torc
     return torch.cat([(count == 0).float(), weights / count.clamp_min(1)], -1)
 
 
+class AttentionNormaliser(torch.autograd.Function):
+    """(n, heads, queries) logsumexp over the allowed keys of the attention scores q k^T, in one pass less than
+    autograd's and with the softmax kept for the backward (it is the gradient): the v2v loss's cost on CPU."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        scores = q @ k.transpose(-1, -2)
+        scores.masked_fill_(~allowed, float("-inf"))
+        top = scores.amax(-1, keepdim=True)
+        probs = scores.sub_(top).exp_()
+        total = probs.sum(-1, keepdim=True)
+        ctx.save_for_backward(q, k, probs.div_(total))
+        return (total.log_() + top).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        q, k, probs = ctx.saved_tensors
+        weights = probs * grad[..., None]
+        return weights @ k, weights.transpose(-1, -2) @ q, None
+
+
+def attention_cross_entropy(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, allowed: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Mean over (samples, heads, queries) of the cross-entropy from `target` (n, queries, keys), zero where not
+    `allowed` (n, queries, keys), to the attention of queries q (n, queries, heads, d) over keys k (n, keys, heads,
+    d): the log normaliser of the allowed scores less the target's mean score, with no log-probability per key."""
+    q = q.transpose(1, 2) * scaling
+    normaliser = AttentionNormaliser.apply(q, k.transpose(1, 2), allowed[:, None])
+    target_keys = target[:, None] @ k.transpose(1, 2)  # (n, heads, queries, d): each query's target-weighted key
+    return (normaliser - (q * target_keys).sum(-1)).mean()
+
+
 V2V_TARGETS = {  # name: (radius, which token_targets column marks the attended tokens)
     "neighbourhood": (1, 0),  # foreground (colour class not background) tokens of the causal 3 x 3 neighbourhood
     "centres": (2, 1),  # centre tokens (a shape's or a digit's) within two rows and columns
@@ -109,6 +142,18 @@ def union_target(task: str, item: dict) -> torch.Tensor:
         return first
     looked_at = (first > 0).any(0).float()
     return (looked_at / looked_at.sum()).expand_as(first)
+
+
+def guided_answers(labels: torch.Tensor, end_id: int, guide_rows: torch.Tensor) -> torch.Tensor:
+    """(samples, tokens) bool: the label positions answer_guides' rows belong to. Every answer token but the end
+    token; the end tokens too in a sample whose `guide_rows` count them (reading with --number-end)."""
+    answer = labels != -100
+    before_end = answer & (labels != end_id)
+    with_end = guide_rows == answer.sum(1)
+    if not (with_end | (guide_rows == before_end.sum(1))).all():
+        raise ValueError("answer_guides gave a sample a row count that matches neither its answer tokens nor those "
+                         "before its end tokens")  # fmt: skip
+    return before_end | (answer & with_end[:, None])
 
 
 def last_digit_labels(targets: torch.Tensor) -> torch.Tensor:
@@ -251,20 +296,20 @@ def train(args: argparse.Namespace) -> None:
         small drift means a token that skips layers stays close to one that went through them."""
         if args.anchor_weight <= 0:
             return torch.zeros(())
-        start = captured["visual"].reshape(-1, hidden)
+        start, at = captured["visual"].reshape(-1, hidden), image.flatten().nonzero()[:, 0]
         drifts = [
-            ((captured["input", i][image] - start) ** 2).sum(-1) / (start**2).sum(-1).clamp_min(1e-6)
+            ((captured["input", i].flatten(0, 1).index_select(0, at) - start) ** 2).sum(-1)
+            / (start**2).sum(-1).clamp_min(1e-6)
             for i in range(1, len(layers))
         ]
         return torch.stack(drifts).mean()
 
     def guide_losses(
-        guides: dict, batch: dict, labels: torch.Tensor, with_end: torch.Tensor
+        guides: dict, batch: dict, labels: torch.Tensor, guide_rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(question-field loss, attention loss) at the positions that predict each answer token (the end token only
-        in the batch rows marked `with_end`)."""
-        answer = (labels != -100) & ((labels != end_id) | with_end[:, None])
-        rows, positions = answer.nonzero(as_tuple=True)
+        """(question-field loss, attention loss) at the positions that predict each answer token; the end tokens
+        too in the samples whose `guide_rows` (per sample: answer_guides' rows) count them."""
+        rows, positions = guided_answers(labels, end_id, guide_rows).nonzero(as_tuple=True)
         positions = positions - 1
         field_loss = attention_loss = torch.zeros(())
         if args.field_layer >= 0:
@@ -295,8 +340,8 @@ def train(args: argparse.Namespace) -> None:
         return field_loss, attention_loss
 
     def v2v_loss(marked: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Cross-entropy of the --v2v-heads' attention at every visual query against `neighbourhood_target`, over
-        the keys [sink, visual tokens], mean over the --v2v-layers."""
+        """Cross-entropy of the --v2v-heads' attention at every visual query against `neighbourhood_target` (over
+        the keys [sink, visual tokens]), mean over the --v2v-layers."""
         if not args.v2v_heads or not v2v_layers:
             return torch.zeros(())
         ids, padding = batch["input_ids"], batch["attention_mask"].bool()
@@ -304,15 +349,19 @@ def train(args: argparse.Namespace) -> None:
         image_at = (ids == config.image_token_id).nonzero()[:, 1].view(images, -1)
         keys_at = torch.cat([(ids == sink_id).int().argmax(1, keepdim=True), image_at], 1)
         end = int(image_at.max()) + 1  # visual queries see nothing later
-        target = neighbourhood_target(marked.view(images, -1), neighbours)[:, None]
+        target = torch.zeros(images, image_at.shape[1], end).scatter_(
+            2,
+            keys_at[:, None].expand(-1, image_at.shape[1], -1),
+            neighbourhood_target(marked.view(images, -1), neighbours),
+        )
         heads, rows = torch.tensor(args.v2v_heads), torch.arange(images)
         allowed = (torch.arange(end)[None, None] <= image_at[..., None]) & padding[:, None, :end]
         total = torch.zeros(())
         for index in v2v_layers:
             states, cos_sin = captured["guide", index]
-            log_probs = query_log_attention(layers[index].self_attn, states, cos_sin, rows, image_at, heads, allowed)
-            picked = log_probs.gather(3, keys_at[:, None, None].expand(-1, len(heads), image_at.shape[1], -1))
-            total = total - (target * picked.clamp_min(-1e4)).sum(-1).mean()
+            attn = layers[index].self_attn
+            q, k = query_key_states(attn, states, cos_sin, rows, image_at, heads, end)
+            total = total + attention_cross_entropy(q, k, attn.scaling, allowed, target)
         return total / len(v2v_layers)
 
     def lr_at(step: int) -> float:
@@ -330,7 +379,7 @@ def train(args: argparse.Namespace) -> None:
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items])
         union = torch.cat([union_target(task, item) for task, item in zip(tasks, items, strict=True)])
-        with_end = torch.tensor([args.number_end and task == "reading" for task in tasks])
+        guide_rows = torch.tensor([len(item["first_attention"]) for item in items])
         guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES} | {"union_attention": union}
         batch = collate(items, pad_id, adapter)
         labels = batch.pop("labels")
@@ -339,7 +388,7 @@ def train(args: argparse.Namespace) -> None:
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
         dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
-        field_loss, attention_loss = guide_losses(guides, batch, labels, with_end)
+        field_loss, attention_loss = guide_losses(guides, batch, labels, guide_rows)
         v2v = v2v_loss(targets[:, marked_column] > 0, batch)
         anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
         optimizer.zero_grad(set_to_none=True)
