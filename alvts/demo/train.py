@@ -65,44 +65,32 @@ def exact_match(model, batch: dict) -> torch.Tensor:
 
 
 def query_key_states(
-    attn,
-    hidden: torch.Tensor,
-    cos_sin: tuple,
-    rows: torch.Tensor,
-    query_at: torch.Tensor,
-    heads: torch.Tensor,
-    end: int,
+    attn, hidden: torch.Tensor, cos_sin: tuple, query_at: torch.Tensor, heads: torch.Tensor, end: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(queries (n, queries, heads, head_dim), keys (n, end, heads, head_dim)) of the `heads` of a Qwen2.5-VL or Llama
-    attention layer, rotated as the layer rotates them from its input: the queries at positions `query_at`
-    (n, queries) of samples `rows` (n,), and the first `end` keys of each of those samples."""
-    n = len(rows)
-    # (n, end, head_dim); Llama shares one table across the batch, Qwen has one per sample
-    cos, sin = (merged_rotary(part, attn).expand(hidden.shape[0], -1, -1)[rows, :end] for part in cos_sin)
+    """(queries (samples, queries, heads, head_dim), keys (samples, end, heads, head_dim)) of the `heads` of a
+    Qwen2.5-VL or Llama attention layer, rotated as the layer rotates them from its input: the queries at positions
+    `query_at` (samples, queries), and each sample's first `end` keys."""
+    samples, length = hidden.shape[:2]
+    # (samples, end, head_dim); Llama shares one table across the batch, Qwen has one per sample
+    cos, sin = (merged_rotary(part, attn).expand(samples, -1, -1)[:, :end] for part in cos_sin)
+    k = attn.k_proj(hidden[:, :end]).view(samples, end, -1, attn.head_dim)
     # index_select where indexing would do: the same values, and a far faster backward on CPU
-    k = attn.k_proj(hidden[:, :end].index_select(0, rows)).view(n, end, -1, attn.head_dim)
     k = (k * cos[:, :, None] + rotate_half(k) * sin[:, :, None]).index_select(2, heads // attn.num_key_value_groups)
-    at = query_at[..., None].expand(-1, -1, attn.head_dim)
-    flat_at = (rows[:, None] * hidden.shape[1] + query_at).flatten()
+    flat_at = (torch.arange(samples, device=hidden.device)[:, None] * length + query_at).flatten()
     q = attn.q_proj(hidden.flatten(0, 1).index_select(0, flat_at)).view(*query_at.shape, -1, attn.head_dim)
+    at = query_at[..., None].expand(-1, -1, attn.head_dim)
     q = q.index_select(2, heads)
     return q * cos.gather(1, at)[:, :, None] + rotate_half(q) * sin.gather(1, at)[:, :, None], k
 
 
 def query_log_attention(
-    attn,
-    hidden: torch.Tensor,
-    cos_sin: tuple,
-    rows: torch.Tensor,
-    query_at: torch.Tensor,
-    heads: torch.Tensor,
-    allowed: torch.Tensor,
+    attn, hidden: torch.Tensor, cos_sin: tuple, query_at: torch.Tensor, heads: torch.Tensor, allowed: torch.Tensor
 ) -> torch.Tensor:
-    """(n, heads, queries, keys) log attention probabilities of the `heads` at positions `query_at` (n, queries) of
-    samples `rows` (n,), over the first `allowed.shape[-1]` keys (`allowed`: (n, queries, keys), causal and padding),
-    as eager attention computes them from the layer's input. Training runs sdpa (eager's mask building alone triples
-    the step time on CPU) and recomputes only the rows a guide loss needs."""
-    q, k = query_key_states(attn, hidden, cos_sin, rows, query_at, heads, allowed.shape[-1])
+    """(samples, heads, queries, keys) log attention probabilities of the `heads` at positions `query_at`
+    (samples, queries), over the first `allowed.shape[-1]` keys (`allowed`: (samples, queries, keys), causal and
+    padding), as eager attention computes them from the layer's input. Training runs sdpa (eager's mask building
+    alone triples the step time on CPU) and recomputes only the rows a guide loss needs."""
+    q, k = query_key_states(attn, hidden, cos_sin, query_at, heads, allowed.shape[-1])
     scores = torch.einsum("nqhd,nkhd->nhqk", q, k) * attn.scaling
     return scores.masked_fill_(~allowed[:, None], float("-inf")).log_softmax(-1)
 
@@ -125,9 +113,7 @@ def answer_attention(
     query_at[rows, slot], used[rows, slot] = positions, True
     allowed = (torch.arange(keys, device=hidden.device) <= query_at[..., None]) & padding[:, None].bool()
     allowed |= ~used[..., None]  # unused slots see every key, so that no row of the softmax is empty
-    head_index = torch.arange(heads, device=hidden.device)
-    sample_index = torch.arange(samples, device=hidden.device)
-    log_probs = query_log_attention(attn, hidden, cos_sin, sample_index, query_at, head_index, allowed)
+    log_probs = query_log_attention(attn, hidden, cos_sin, query_at, torch.arange(heads, device=hidden.device), allowed)
     return log_probs[rows, :, slot].exp()
 
 

@@ -354,13 +354,13 @@ def train(args: argparse.Namespace) -> None:
             keys_at[:, None].expand(-1, image_at.shape[1], -1),
             neighbourhood_target(marked.view(images, -1), neighbours),
         )
-        heads, rows = torch.tensor(args.v2v_heads), torch.arange(images)
+        heads = torch.tensor(args.v2v_heads)
         allowed = (torch.arange(end)[None, None] <= image_at[..., None]) & padding[:, None, :end]
         total = torch.zeros(())
         for index in v2v_layers:
             states, cos_sin = captured["guide", index]
             attn = layers[index].self_attn
-            q, k = query_key_states(attn, states, cos_sin, rows, image_at, heads, end)
+            q, k = query_key_states(attn, states, cos_sin, image_at, heads, end)
             total = total + attention_cross_entropy(q, k, attn.scaling, allowed, target)
         return total / len(v2v_layers)
 
