@@ -12,17 +12,21 @@ The shipped demo, g17 (README.md), then earlier designs:
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g15 (README.md)
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g16 (README.md)
+    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
+        --tasks lookup,counting,existence,reading,relation,counting,existence,relation --quiet-weight 0.5   # g20
 
-Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre
-it holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it;
-optionally what the question asks (`FIELDS`) at each answer position from one decoder layer's output; optionally, in
-each of the `--guide-layers`, the attention of head 0 at the answer positions, pulled toward the visual token that
-holds that answer token (`answer_guides`' first target), and with --guide-heads 2 that of head 1 toward every answer
-token of the question at once (so prefill's last position already looks at every digit a reading answer will need);
-in each of the `--v2v-layers`, the attention of the `--v2v-heads` at every visual query, pulled toward the centre
-tokens near it (`centres_target`; or, with --v2v-target neighbourhood, the foreground tokens of its causal 3 x 3
-neighbourhood) as real vision-language layers attend locally within objects. With --number-end, reading's digit
-tokens also learn whether they are the number's last, and the position that predicts the end token is guided (head
+Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre it
+holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it; optionally
+what the question asks (`FIELDS`) at each answer position from one decoder layer's output; optionally, in each of the
+`--guide-layers`, the attention of head 0 at the answer positions, pulled toward the visual token that holds that answer
+token (`answer_guides`' first target), and with --guide-heads 2 that of head 1 toward every answer token of the question
+at once (so prefill's last position already looks at every digit a reading answer will need); in each of the
+`--v2v-layers`, the attention of the `--v2v-heads` at every visual query, pulled toward the centre tokens near it
+(`centres_target`; or, with --v2v-target neighbourhood, the foreground tokens of its causal 3 x 3 neighbourhood) as real
+vision-language layers attend locally within objects. With --quiet-weight, every head of every layer that no answer
+guide touches is pulled off the visual tokens at the answer positions (-log of its attention elsewhere), so that while
+an answer is written only the guided heads read the image, as a few heads do in real LVLMs. With --number-end, reading's
+digit tokens also learn whether they are the number's last, and the position that predicts the end token is guided (head
 0 toward the last digit, head 1 toward every digit) like the digits' positions. Every other head and layer is free.
 """
 
@@ -59,7 +63,7 @@ from ..training_data import (
 )
 from .build import SINK_TOKEN, build_config, build_processor
 
-AUX_NAMES = ("token_loss", "field_loss", "attention_loss", "v2v_loss", "anchor")
+AUX_NAMES = ("token_loss", "field_loss", "attention_loss", "v2v_loss", "anchor", "quiet_loss")
 SIDE = 16  # visual tokens per image side
 PROBE_SEED = EVAL_SEED + 1  # progress checks; gonogo uses EVAL_SEED
 GRID_TASKS = ("lookup", "relation")
@@ -121,6 +125,13 @@ def guided_answers(labels: torch.Tensor, end_id: int, guide_rows: torch.Tensor) 
         raise ValueError("answer_guides gave a sample a row count that matches neither its answer tokens nor those "
                          "before its end tokens")  # fmt: skip
     return before_end | (answer & with_end[:, None])
+
+
+def off_image_loss(attention: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Mean over queries and heads of -log(the attention that falls off the visual tokens): `attention` (n, heads,
+    keys) probabilities, `image` (n, keys) bool. Its gradient does not vanish on a head that looks only at the image."""
+    on_image = (attention * image[:, None]).sum(-1)
+    return -torch.log((1 - on_image).clamp_min(1e-6)).mean()
 
 
 def last_digit_labels(targets: torch.Tensor) -> torch.Tensor:
@@ -214,7 +225,8 @@ def train(args: argparse.Namespace) -> None:
             lambda m, a, output: captured.update(fields=output[0] if isinstance(output, tuple) else output)
         )
     v2v_layers = range(len(layers)) if args.v2v_layers is None else args.v2v_layers
-    for index in sorted({*args.guide_layers, *v2v_layers}):
+    quiet_layers = range(len(layers)) if args.quiet_weight > 0 else ()
+    for index in sorted({*args.guide_layers, *v2v_layers, *quiet_layers}):
         layers[index].self_attn.register_forward_hook(
             lambda m, a, kw, output, i=index: captured.update(
                 {("guide", i): (kw["hidden_states"], kw["position_embeddings"])}
@@ -272,12 +284,14 @@ def train(args: argparse.Namespace) -> None:
 
     def guide_losses(
         guides: dict, batch: dict, labels: torch.Tensor, guide_rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(question-field loss, attention loss) at the positions that predict each answer token; the end tokens
-        too in the samples whose `guide_rows` (per sample: answer_guides' rows) count them."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(question-field loss, attention loss, quiet loss) at the positions that predict each answer token; the end
+        tokens too in the samples whose `guide_rows` (per sample: answer_guides' rows) count them."""
         rows, positions = guided_answers(labels, end_id, guide_rows).nonzero(as_tuple=True)
         positions = positions - 1
-        field_loss = attention_loss = torch.zeros(())
+        field_loss = attention_loss = quiet = torch.zeros(())
+        if quiet_layers:
+            quiet = quiet_loss(batch, rows, positions)
         if args.field_layer >= 0:
             logits = field_head(F.rms_norm(captured["fields"][rows, positions], (hidden,))).split(
                 tuple(FIELDS.values()), 1
@@ -303,7 +317,22 @@ def train(args: argparse.Namespace) -> None:
                 probs = attention.gather(2, keys)
                 attention_loss = attention_loss + -(target * torch.log(probs + 1e-12)).sum(2).mean(1)[has].mean()
             attention_loss = attention_loss / len(args.guide_layers)
-        return field_loss, attention_loss
+        return field_loss, attention_loss, quiet
+
+    def quiet_loss(batch: dict, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Mean over every layer's heads that no answer guide touches (heads from --guide-heads on in the
+        --guide-layers, every head elsewhere) of -log(attention off the visual tokens) at the (rows, positions)
+        queries: only the guided heads read the image while an answer is written, as a few heads do in real LVLMs."""
+        image = batch["input_ids"][rows] == config.image_token_id
+        total = torch.zeros(())
+        for index in quiet_layers:
+            states, cos_sin = captured["guide", index]
+            attn = layers[index].self_attn
+            free = args.guide_heads if index in args.guide_layers else 0
+            attention = answer_attention(attn, states, cos_sin, batch["attention_mask"], rows, positions,
+                                         config.text_config.num_attention_heads)  # fmt: skip
+            total = total + off_image_loss(attention[:, free:], image)
+        return total / len(quiet_layers)
 
     def v2v_loss(marked: torch.Tensor, batch: dict) -> torch.Tensor:
         """Cross-entropy of the --v2v-heads' attention at every visual query against `neighbourhood_target`, over
@@ -350,16 +379,16 @@ def train(args: argparse.Namespace) -> None:
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
         dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
-        field_loss, attention_loss = guide_losses(guides, batch, labels, guide_rows)
+        field_loss, attention_loss, quiet = guide_losses(guides, batch, labels, guide_rows)
         v2v = v2v_loss(targets[:, marked_column] > 0, batch)
         anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
         optimizer.zero_grad(set_to_none=True)
         total = loss + args.aux_weight * (dense + field_loss) + args.guide_weight * (attention_loss + v2v)
-        (total + args.anchor_weight * anchor).backward()
+        (total + args.anchor_weight * anchor + args.quiet_weight * quiet).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         window.append(
-            (tasks, (loss_sum / counts).detach(), torch.stack([dense, field_loss, attention_loss, v2v, anchor]))
+            (tasks, (loss_sum / counts).detach(), torch.stack([dense, field_loss, attention_loss, v2v, anchor, quiet]))
         )
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             by_task: dict[str, list[float]] = {}
@@ -443,6 +472,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--guide-weight", type=float, default=1.0)
     parser.add_argument("--anchor-weight", type=float, default=0.5, help="weight of the visual tokens' drift loss")
+    parser.add_argument(
+        "--quiet-weight", type=float, default=0.0, help="weight of the unguided heads' look at the image at answers"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)

@@ -1,11 +1,30 @@
-"""The testbed trainer: which answer positions get attention guides."""
+"""The testbed trainer: the unguided heads' look at the image, and which answer positions get attention guides."""
+
+import math
 
 import pytest
 import torch
 
 from alvts.demo.testbed.build import build_processor
-from alvts.demo.testbed.train import guided_answers
+from alvts.demo.testbed.train import guided_answers, off_image_loss
 from alvts.demo.training_data import ANSWER_END, TrainingStream
+
+
+def test_off_image_loss_is_the_mean_negative_log_of_the_attention_off_the_image():
+    """Two queries, two heads, keys [sink, image, image, text]: the attention off the image is 0.5, 0.25, 1.0 and
+    0.8, so the loss is (log 2 + log 4 + 0 - log 0.8) / 4; a head all on the image still has a gradient."""
+    attention = torch.tensor(
+        [[[0.2, 0.3, 0.2, 0.3], [0.25, 0.5, 0.25, 0.0]], [[0.9, 0.0, 0.0, 0.1], [0.5, 0.1, 0.1, 0.3]]],
+        requires_grad=True,
+    )
+    image = torch.tensor([[False, True, True, False]] * 2)
+    loss = off_image_loss(attention, image)
+    expected = (math.log(2) + math.log(4) + 0.0 - math.log(0.8)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+    all_on_image = torch.tensor([[[0.0, 0.6, 0.4 - 1e-3, 1e-3]]], requires_grad=True)
+    off_image_loss(all_on_image, image[:1]).backward()
+    assert all_on_image.grad[0, 0, 1:3].gt(0).all()
 
 
 def test_guided_answers_takes_the_end_token_only_where_the_guides_have_a_row_for_it():
