@@ -64,32 +64,35 @@ def exact_match(model, batch: dict) -> torch.Tensor:
     return ((logits.argmax(-1) == labels) | ~scored).all(1).cpu()
 
 
-def query_log_attention(
-    attn,
-    hidden: torch.Tensor,
-    cos_sin: tuple,
-    rows: torch.Tensor,
-    query_at: torch.Tensor,
-    heads: torch.Tensor,
-    allowed: torch.Tensor,
-) -> torch.Tensor:
-    """(n, heads, queries, keys) log attention probabilities of the `heads` of a Qwen2.5-VL or Llama attention layer
-    at positions `query_at` (n, queries) of samples `rows` (n,), over the first `allowed.shape[-1]` keys (`allowed`:
-    (n, queries, keys), causal and padding), as eager attention computes them from the layer's input. Training runs
-    sdpa (eager's mask building alone triples the step time on CPU) and recomputes only the rows a guide loss needs."""
-    n, end = len(rows), allowed.shape[-1]
-    # (n, end, head_dim); Llama shares one table across the batch, Qwen has one per sample
-    cos, sin = (merged_rotary(part, attn).expand(hidden.shape[0], -1, -1)[rows, :end] for part in cos_sin)
-    k = attn.k_proj(hidden[rows, :end]).view(n, end, -1, attn.head_dim)
-    # index_select where indexing would do: the same values and gradients, and a faster backward on CPU
+def query_key_states(
+    attn, hidden: torch.Tensor, cos_sin: tuple, query_at: torch.Tensor, heads: torch.Tensor, end: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(queries (samples, queries, heads, head_dim), keys (samples, end, heads, head_dim)) of the `heads` of a
+    Qwen2.5-VL or Llama attention layer, rotated as the layer rotates them from its input: the queries at positions
+    `query_at` (samples, queries), and each sample's first `end` keys."""
+    samples, length = hidden.shape[:2]
+    # (samples, end, head_dim); Llama shares one table across the batch, Qwen has one per sample
+    cos, sin = (merged_rotary(part, attn).expand(samples, -1, -1)[:, :end] for part in cos_sin)
+    k = attn.k_proj(hidden[:, :end]).view(samples, end, -1, attn.head_dim)
+    # index_select where indexing would do: the same values, and a far faster backward on CPU
     k = (k * cos[:, :, None] + rotate_half(k) * sin[:, :, None]).index_select(2, heads // attn.num_key_value_groups)
-    at = query_at[..., None].expand(-1, -1, attn.head_dim)
-    flat_at = (rows[:, None] * hidden.shape[1] + query_at).flatten()
+    flat_at = (torch.arange(samples, device=hidden.device)[:, None] * length + query_at).flatten()
     q = attn.q_proj(hidden.flatten(0, 1).index_select(0, flat_at)).view(*query_at.shape, -1, attn.head_dim)
+    at = query_at[..., None].expand(-1, -1, attn.head_dim)
     q = q.index_select(2, heads)
-    q = q * cos.gather(1, at)[:, :, None] + rotate_half(q) * sin.gather(1, at)[:, :, None]
+    return q * cos.gather(1, at)[:, :, None] + rotate_half(q) * sin.gather(1, at)[:, :, None], k
+
+
+def query_log_attention(
+    attn, hidden: torch.Tensor, cos_sin: tuple, query_at: torch.Tensor, heads: torch.Tensor, allowed: torch.Tensor
+) -> torch.Tensor:
+    """(samples, heads, queries, keys) log attention probabilities of the `heads` at positions `query_at`
+    (samples, queries), over the first `allowed.shape[-1]` keys (`allowed`: (samples, queries, keys), causal and
+    padding), as eager attention computes them from the layer's input. Training runs sdpa (eager's mask building
+    alone triples the step time on CPU) and recomputes only the rows a guide loss needs."""
+    q, k = query_key_states(attn, hidden, cos_sin, query_at, heads, allowed.shape[-1])
     scores = torch.einsum("nqhd,nkhd->nhqk", q, k) * attn.scaling
-    return scores.masked_fill(~allowed[:, None], float("-inf")).log_softmax(-1)
+    return scores.masked_fill_(~allowed[:, None], float("-inf")).log_softmax(-1)
 
 
 def answer_attention(
@@ -101,12 +104,17 @@ def answer_attention(
     positions: torch.Tensor,
     heads: int,
 ) -> torch.Tensor:
-    """(n, heads, keys) attention probabilities of the first `heads` heads at the (rows, positions) queries."""
-    keys = hidden.shape[1]
-    allowed = (torch.arange(keys, device=hidden.device) <= positions[:, None]) & padding[rows].bool()
-    head_index = torch.arange(heads, device=hidden.device)
-    log_probs = query_log_attention(attn, hidden, cos_sin, rows, positions[:, None], head_index, allowed[:, None])
-    return log_probs[:, :, 0].exp()
+    """(n, heads, keys) attention probabilities of the first `heads` heads at the (rows, positions) queries.
+    A sample's queries share one pass over its keys (slot: each query's place among its sample's)."""
+    samples, keys = hidden.shape[0], hidden.shape[1]
+    slot = (F.one_hot(rows, samples).cumsum(0) - 1).gather(1, rows[:, None])[:, 0]
+    query_at = torch.zeros(samples, int(slot.max()) + 1 if len(rows) else 1, dtype=torch.long, device=hidden.device)
+    used = torch.zeros_like(query_at, dtype=torch.bool)
+    query_at[rows, slot], used[rows, slot] = positions, True
+    allowed = (torch.arange(keys, device=hidden.device) <= query_at[..., None]) & padding[:, None].bool()
+    allowed |= ~used[..., None]  # unused slots see every key, so that no row of the softmax is empty
+    log_probs = query_log_attention(attn, hidden, cos_sin, query_at, torch.arange(heads, device=hidden.device), allowed)
+    return log_probs[rows, :, slot].exp()
 
 
 def plot_curve(log: list[dict], path: Path, tasks: tuple[str, ...]) -> None:

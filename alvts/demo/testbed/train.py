@@ -48,7 +48,7 @@ from ...routing.adapters import get_adapter
 from ..tasks import EVAL_SEED, TASK_TYPES
 from ..tasks.geometry import MARGIN
 from ..tasks.scenes import GRID
-from ..train import answer_attention, exact_match, per_example_loss, query_log_attention, save
+from ..train import answer_attention, exact_match, per_example_loss, query_key_states, save
 from ..training_data import (
     ANSWER_END,
     FIELDS,
@@ -97,6 +97,39 @@ def neighbourhood_target(marked: torch.Tensor, neighbours: torch.Tensor) -> torc
     weights = (neighbours[None] & marked[:, None]).float()
     count = weights.sum(-1, keepdim=True)
     return torch.cat([(count == 0).float(), weights / count.clamp_min(1)], -1)
+
+
+class AttentionNormaliser(torch.autograd.Function):
+    """(n, heads, queries) logsumexp over the allowed keys of the attention scores q k^T, in one pass less than
+    autograd's and with the softmax kept for the backward (it is the gradient): the v2v loss's cost on CPU."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        scores = q @ k.transpose(-1, -2)
+        scores.masked_fill_(~allowed, float("-inf"))
+        top = scores.amax(-1, keepdim=True)
+        probs = scores.sub_(top).exp_()
+        total = probs.sum(-1, keepdim=True)
+        ctx.save_for_backward(q, k, probs.div_(total))
+        return (total.log_() + top).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        q, k, probs = ctx.saved_tensors
+        weights = probs * grad[..., None]
+        return weights @ k, weights.transpose(-1, -2) @ q, None
+
+
+def attention_cross_entropy(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, allowed: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Mean over (samples, heads, queries) of the cross-entropy from `target` (n, queries, keys), zero where not
+    `allowed` (n, queries, keys), to the attention of queries q (n, queries, heads, d) over keys k (n, keys, heads,
+    d): the log normaliser of the allowed scores less the target's mean score, with no log-probability per key."""
+    q = q.transpose(1, 2) * scaling
+    normaliser = AttentionNormaliser.apply(q, k.transpose(1, 2), allowed[:, None])
+    target_keys = target[:, None] @ k.transpose(1, 2)  # (n, heads, queries, d): each query's target-weighted key
+    return (normaliser - (q * target_keys).sum(-1)).mean()
 
 
 V2V_TARGETS = {  # name: (radius, which token_targets column marks the attended tokens)
@@ -275,9 +308,10 @@ def train(args: argparse.Namespace) -> None:
         small drift means a token that skips layers stays close to one that went through them."""
         if args.anchor_weight <= 0:
             return torch.zeros(())
-        start = captured["visual"].reshape(-1, hidden)
+        start, at = captured["visual"].reshape(-1, hidden), image.flatten().nonzero()[:, 0]
         drifts = [
-            ((captured["input", i][image] - start) ** 2).sum(-1) / (start**2).sum(-1).clamp_min(1e-6)
+            ((captured["input", i].flatten(0, 1).index_select(0, at) - start) ** 2).sum(-1)
+            / (start**2).sum(-1).clamp_min(1e-6)
             for i in range(1, len(layers))
         ]
         return torch.stack(drifts).mean()
@@ -335,8 +369,8 @@ def train(args: argparse.Namespace) -> None:
         return total / len(quiet_layers)
 
     def v2v_loss(marked: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Cross-entropy of the --v2v-heads' attention at every visual query against `neighbourhood_target`, over
-        the keys [sink, visual tokens], mean over the --v2v-layers."""
+        """Cross-entropy of the --v2v-heads' attention at every visual query against `neighbourhood_target` (over
+        the keys [sink, visual tokens]), mean over the --v2v-layers."""
         if not args.v2v_heads or not v2v_layers:
             return torch.zeros(())
         ids, padding = batch["input_ids"], batch["attention_mask"].bool()
@@ -344,15 +378,19 @@ def train(args: argparse.Namespace) -> None:
         image_at = (ids == config.image_token_id).nonzero()[:, 1].view(images, -1)
         keys_at = torch.cat([(ids == sink_id).int().argmax(1, keepdim=True), image_at], 1)
         end = int(image_at.max()) + 1  # visual queries see nothing later
-        target = neighbourhood_target(marked.view(images, -1), neighbours)[:, None]
-        heads, rows = torch.tensor(args.v2v_heads), torch.arange(images)
+        target = torch.zeros(images, image_at.shape[1], end).scatter_(
+            2,
+            keys_at[:, None].expand(-1, image_at.shape[1], -1),
+            neighbourhood_target(marked.view(images, -1), neighbours),
+        )
+        heads = torch.tensor(args.v2v_heads)
         allowed = (torch.arange(end)[None, None] <= image_at[..., None]) & padding[:, None, :end]
         total = torch.zeros(())
         for index in v2v_layers:
             states, cos_sin = captured["guide", index]
-            log_probs = query_log_attention(layers[index].self_attn, states, cos_sin, rows, image_at, heads, allowed)
-            picked = log_probs.gather(3, keys_at[:, None, None].expand(-1, len(heads), image_at.shape[1], -1))
-            total = total - (target * picked.clamp_min(-1e4)).sum(-1).mean()
+            attn = layers[index].self_attn
+            q, k = query_key_states(attn, states, cos_sin, image_at, heads, end)
+            total = total + attention_cross_entropy(q, k, attn.scaling, allowed, target)
         return total / len(v2v_layers)
 
     def lr_at(step: int) -> float:

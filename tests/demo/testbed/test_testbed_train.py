@@ -1,4 +1,5 @@
-"""The testbed trainer: the unguided heads' look at the image, and which answer positions get attention guides."""
+"""The testbed trainer's loss pieces: the v2v cross-entropy's shortcut, the unguided heads' look at the image and
+which answer positions get guides."""
 
 import math
 
@@ -6,8 +7,30 @@ import pytest
 import torch
 
 from alvts.demo.testbed.build import build_processor
-from alvts.demo.testbed.train import guided_answers, off_image_loss
+from alvts.demo.testbed.train import attention_cross_entropy, guided_answers, off_image_loss
 from alvts.demo.training_data import ANSWER_END, TrainingStream
+
+
+def test_attention_cross_entropy_is_the_cross_entropy_to_the_masked_softmax():
+    """Value and gradients equal those of the textbook form, -sum(target * log_softmax(masked scores)), averaged over
+    samples, heads and queries (float64, keys masked at random, targets only on allowed keys)."""
+    torch.manual_seed(0)
+    n, queries, keys, heads, dim, scaling = 3, 5, 9, 4, 8, 0.3
+    q = torch.randn(n, queries, heads, dim, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(n, keys, heads, dim, dtype=torch.float64, requires_grad=True)
+    allowed = torch.rand(n, queries, keys) > 0.4
+    allowed[..., 0] = True
+    target = torch.rand(n, queries, keys, dtype=torch.float64) * allowed
+    target = target / target.sum(-1, keepdim=True)
+
+    ours = attention_cross_entropy(q, k, scaling, allowed, target)
+    scores = torch.einsum("nqhd,nkhd->nhqk", q, k) * scaling
+    log_probs = scores.masked_fill(~allowed[:, None], float("-inf")).log_softmax(-1)
+    textbook = -torch.where(target[:, None] > 0, target[:, None] * log_probs, 0).sum(-1).mean()
+
+    torch.testing.assert_close(ours, textbook)
+    for mine, theirs in zip(torch.autograd.grad(ours, (q, k)), torch.autograd.grad(textbook, (q, k)), strict=True):
+        torch.testing.assert_close(mine, theirs)
 
 
 def test_off_image_loss_is_the_mean_negative_log_of_the_attention_off_the_image():
