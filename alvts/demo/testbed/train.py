@@ -1,6 +1,6 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-The shipped demo, g17 (README.md), then earlier designs:
+The shipped demo, g17 (README.md; trained on the trainer of commit e7e8322), then earlier designs:
 
     python -m alvts.demo.testbed.train --out alvts/demo/model --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --number-end --tasks lookup,counting,existence,reading,relation,counting,existence,relation
