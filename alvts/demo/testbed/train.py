@@ -26,8 +26,9 @@ at once (so prefill's last position already looks at every digit a reading answe
 `--v2v-layers`, the attention of the `--v2v-heads` at every visual query, pulled toward the centre tokens near it
 (`centres_target`; or, with --v2v-target neighbourhood, the foreground tokens of its causal 3 x 3 neighbourhood) as real
 vision-language layers attend locally within objects. With --quiet-weight, every head of every layer that no answer
-guide touches is pulled off the visual tokens at the answer positions (-log of its attention elsewhere), so that while
-an answer is written only the guided heads read the image, as a few heads do in real LVLMs. With --number-end, reading's
+guide touches is pulled off the visual tokens (-log of its attention elsewhere) at the answer positions (or, with
+--quiet-at text, at every text position after the image) from main step --quiet-from on, so that only the guided heads
+read the image from text, as a few heads do in real LVLMs. With --number-end, reading's
 digit tokens also learn whether they are the number's last, and the position that predicts the end token is guided (head
 0 toward the last digit, head 1 toward every digit) like the digits' positions. Every other head and layer is free.
 """
@@ -167,6 +168,12 @@ def off_image_loss(attention: torch.Tensor, image: torch.Tensor) -> torch.Tensor
     keys) probabilities, `image` (n, keys) bool. Its gradient does not vanish on a head that looks only at the image."""
     on_image = (attention * image[:, None]).sum(-1)
     return -torch.log((1 - on_image).clamp_min(1e-6)).mean()
+
+
+def text_after_image(input_ids: torch.Tensor, padding: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """(samples, tokens) bool: the unpadded positions after each sample's last visual token (question and answers)."""
+    image = input_ids == image_token_id
+    return (image.flip(1).cumsum(1).flip(1) == 0) & padding.bool() & image.any(1, keepdim=True)
 
 
 def last_digit_labels(targets: torch.Tensor) -> torch.Tensor:
@@ -320,14 +327,11 @@ def train(args: argparse.Namespace) -> None:
 
     def guide_losses(
         guides: dict, batch: dict, labels: torch.Tensor, guide_rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(question-field loss, attention loss, quiet loss) at the positions that predict each answer token; the end
-        tokens too in the samples whose `guide_rows` (per sample: answer_guides' rows) count them."""
-        rows, positions = guided_answers(labels, end_id, guide_rows).nonzero(as_tuple=True)
-        positions = positions - 1
-        field_loss = attention_loss = quiet = torch.zeros(())
-        if quiet_layers:
-            quiet = quiet_loss(batch, rows, positions)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(question-field loss, attention loss) at the positions that predict each answer token; the end tokens too
+        in the samples whose `guide_rows` (per sample: answer_guides' rows) count them."""
+        rows, positions = answer_queries(labels, guide_rows)
+        field_loss = attention_loss = torch.zeros(())
         if args.field_layer >= 0:
             logits = field_head(F.rms_norm(captured["fields"][rows, positions], (hidden,))).split(
                 tuple(FIELDS.values()), 1
@@ -353,12 +357,23 @@ def train(args: argparse.Namespace) -> None:
                 probs = attention.gather(2, keys)
                 attention_loss = attention_loss + -(target * torch.log(probs + 1e-12)).sum(2).mean(1)[has].mean()
             attention_loss = attention_loss / len(args.guide_layers)
-        return field_loss, attention_loss, quiet
+        return field_loss, attention_loss
 
-    def quiet_loss(batch: dict, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def answer_queries(labels: torch.Tensor, guide_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, positions) of the queries that predict the guided answer tokens."""
+        rows, positions = guided_answers(labels, end_id, guide_rows).nonzero(as_tuple=True)
+        return rows, positions - 1
+
+    def quiet_loss(batch: dict, labels: torch.Tensor, guide_rows: torch.Tensor) -> torch.Tensor:
         """Mean over every layer's heads that no answer guide touches (heads from --guide-heads on in the
-        --guide-layers, every head elsewhere) of -log(attention off the visual tokens) at the (rows, positions)
-        queries: only the guided heads read the image while an answer is written, as a few heads do in real LVLMs."""
+        --guide-layers, every head elsewhere) of -log(attention off the visual tokens) at the --quiet-at queries:
+        only the guided heads read the image from text, as a few heads do in real LVLMs."""
+        if args.quiet_at == "answers":
+            rows, positions = answer_queries(labels, guide_rows)
+        else:
+            rows, positions = text_after_image(
+                batch["input_ids"], batch["attention_mask"], config.image_token_id
+            ).nonzero(as_tuple=True)
         image = batch["input_ids"][rows] == config.image_token_id
         total = torch.zeros(())
         for index in quiet_layers:
@@ -419,7 +434,8 @@ def train(args: argparse.Namespace) -> None:
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
         dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
-        field_loss, attention_loss, quiet = guide_losses(guides, batch, labels, guide_rows)
+        quiet = quiet_loss(batch, labels, guide_rows) if quiet_layers and step >= args.quiet_from else torch.zeros(())
+        field_loss, attention_loss = guide_losses(guides, batch, labels, guide_rows)
         v2v = v2v_loss(targets[:, marked_column] > 0, batch)
         anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
         optimizer.zero_grad(set_to_none=True)
@@ -513,7 +529,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guide-weight", type=float, default=1.0)
     parser.add_argument("--anchor-weight", type=float, default=0.5, help="weight of the visual tokens' drift loss")
     parser.add_argument(
-        "--quiet-weight", type=float, default=0.0, help="weight of the unguided heads' look at the image at answers"
+        "--quiet-weight", type=float, default=0.0, help="weight of the unguided heads' look at the image from text"
+    )
+    parser.add_argument("--quiet-from", type=int, default=0, help="first main step with the quiet target")
+    parser.add_argument(
+        "--quiet-at",
+        default="answers",
+        choices=("answers", "text"),
+        help="queries of the quiet target: the guided answer positions, or every text position after the image",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alvts.demo.testbed.build import build_processor
-from alvts.demo.testbed.train import attention_cross_entropy, guided_answers, off_image_loss
+from alvts.demo.testbed.train import attention_cross_entropy, guided_answers, off_image_loss, text_after_image
 from alvts.demo.training_data import ANSWER_END, TrainingStream
 
 
@@ -70,3 +70,27 @@ def test_number_end_guides_reading_end_tokens_and_no_others():
         mask = guided_answers(labels, end_id, torch.tensor([len(item["first_attention"])]))
         assert (mask & (labels == end_id)).sum() == expected_ends
         assert mask.sum() == len(item["first_attention"])
+
+
+def test_text_after_image_is_every_unpadded_position_after_the_last_visual_token():
+    """Image token 7, right padding 0: positions after the last 7 and inside the mask; none in a sample without one."""
+    ids = torch.tensor([[1, 7, 7, 2, 3, 0], [7, 2, 7, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    padding = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    assert text_after_image(ids, padding, 7).tolist() == [
+        [False, False, False, True, True, False],
+        [False, False, False, True, True, True],
+        [False] * 6,
+    ]
+
+
+def test_text_after_image_holds_every_answer_query_of_a_training_item():
+    """On real training items the image comes first, so the queries that predict answers are all after it."""
+    processor = build_processor()
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    stream = iter(TrainingStream(processor, ("reading", "lookup"), turns=6, number_end=True))
+    for item in (next(stream), next(stream)):
+        ids = item["input_ids"]
+        after = text_after_image(ids, torch.ones_like(ids), image_id)
+        answer_queries = (item["labels"] != -100).roll(-1, 1)
+        assert after[answer_queries].all()
+        assert after.sum() == ids.shape[1] - 1 - int((ids == image_id).nonzero()[:, 1].max())
