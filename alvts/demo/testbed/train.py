@@ -30,7 +30,8 @@ at once (so prefill's last position already looks at every digit a reading answe
 (`centres_target`; or, with --v2v-target neighbourhood, the foreground tokens of its causal 3 x 3 neighbourhood) as real
 vision-language layers attend locally within objects. With --quiet-weight, every head of every layer that no answer
 guide touches is pulled off the visual tokens (-log of its attention elsewhere) at the answer positions (or, with
---quiet-at text, at every text position after the image) from main step --quiet-from on, so that only the guided heads
+--quiet-at text, at every text position after the image; with --quiet-at both, the mean of the two kinds' means: the
+answer positions and the rest of the text) from main step --quiet-from on, so that only the guided heads
 read the image from text, as a few heads do in real LVLMs. With --number-end, reading's
 digit tokens also learn whether they are the number's last, and the position that predicts the end token is guided (head
 0 toward the last digit, head 1 toward every digit) like the digits' positions. Every other head and layer is free.
@@ -177,6 +178,12 @@ def text_after_image(input_ids: torch.Tensor, padding: torch.Tensor, image_token
     """(samples, tokens) bool: the unpadded positions after each sample's last visual token (question and answers)."""
     image = input_ids == image_token_id
     return (image.flip(1).cumsum(1).flip(1) == 0) & padding.bool() & image.any(1, keepdim=True)
+
+
+def quiet_query_groups(quiet_at: str, answers: torch.Tensor, text: torch.Tensor) -> list[torch.Tensor]:
+    """The (samples, tokens) bool query masks whose off-image losses the quiet target averages: the answer queries,
+    every text query after the image, or both kinds apart (answers, the rest of the text) so that neither escapes."""
+    return {"answers": [answers], "text": [text], "both": [answers, text & ~answers]}[quiet_at]
 
 
 def last_digit_labels(targets: torch.Tensor) -> torch.Tensor:
@@ -369,23 +376,25 @@ def train(args: argparse.Namespace) -> None:
 
     def quiet_loss(batch: dict, labels: torch.Tensor, guide_rows: torch.Tensor) -> torch.Tensor:
         """Mean over every layer's heads that no answer guide touches (heads from --guide-heads on in the
-        --guide-layers, every head elsewhere) of -log(attention off the visual tokens) at the --quiet-at queries:
-        only the guided heads read the image from text, as a few heads do in real LVLMs."""
-        if args.quiet_at == "answers":
-            rows, positions = answer_queries(labels, guide_rows)
-        else:
-            rows, positions = text_after_image(
-                batch["input_ids"], batch["attention_mask"], config.image_token_id
-            ).nonzero(as_tuple=True)
-        image = batch["input_ids"][rows] == config.image_token_id
+        --guide-layers, every head elsewhere) of -log(attention off the visual tokens) at the --quiet-at queries
+        (with both kinds, the mean of the two kinds' means): only the guided heads read the image from text, as a
+        few heads do in real LVLMs."""
+        ids = batch["input_ids"]
+        answers = torch.zeros_like(ids, dtype=torch.bool)
+        answers[answer_queries(labels, guide_rows)] = True
+        text = text_after_image(ids, batch["attention_mask"], config.image_token_id)
+        groups = quiet_query_groups(args.quiet_at, answers, text)
+        rows, positions = torch.stack(groups).any(0).nonzero(as_tuple=True)
+        image = ids[rows] == config.image_token_id
+        groups = [group[rows, positions] for group in groups if group.any()]
         total = torch.zeros(())
         for index in quiet_layers:
             states, cos_sin = captured["guide", index]
             attn = layers[index].self_attn
             free = args.guide_heads if index in args.guide_layers else 0
             attention = answer_attention(attn, states, cos_sin, batch["attention_mask"], rows, positions,
-                                         config.text_config.num_attention_heads)  # fmt: skip
-            total = total + off_image_loss(attention[:, free:], image)
+                                         config.text_config.num_attention_heads)[:, free:]  # fmt: skip
+            total = total + sum(off_image_loss(attention[group], image[group]) for group in groups) / len(groups)
         return total / len(quiet_layers)
 
     def v2v_loss(marked: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -538,8 +547,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quiet-at",
         default="answers",
-        choices=("answers", "text"),
-        help="queries of the quiet target: the guided answer positions, or every text position after the image",
+        choices=("answers", "text", "both"),
+        help="queries of the quiet target: the guided answer positions, every text position after the image, or"
+        " both kinds, each averaged apart",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0)

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from alvts.demo.testbed.build import build_processor
-from alvts.demo.testbed.train import attention_cross_entropy, guided_answers, off_image_loss, text_after_image
+from alvts.demo.testbed.train import (
+    attention_cross_entropy,
+    guided_answers,
+    off_image_loss,
+    quiet_query_groups,
+    text_after_image,
+)
 from alvts.demo.training_data import ANSWER_END, TrainingStream
 
 
@@ -94,3 +100,13 @@ def test_text_after_image_holds_every_answer_query_of_a_training_item():
         answer_queries = (item["labels"] != -100).roll(-1, 1)
         assert after[answer_queries].all()
         assert after.sum() == ids.shape[1] - 1 - int((ids == image_id).nonzero()[:, 1].max())
+
+
+def test_quiet_query_groups_keep_answers_apart_from_the_rest_of_the_text_with_both():
+    """Text after the image at positions 3-5, answer queries at 4: both = [{4}, {3, 5}]; the others one group each."""
+    text = torch.tensor([[False, False, False, True, True, True]])
+    answers = torch.tensor([[False, False, False, False, True, False]])
+    rest = [[False, False, False, True, False, True]]
+    assert [g.tolist() for g in quiet_query_groups("both", answers, text)] == [answers.tolist(), rest]
+    assert [g.tolist() for g in quiet_query_groups("text", answers, text)] == [text.tolist()]
+    assert [g.tolist() for g in quiet_query_groups("answers", answers, text)] == [answers.tolist()]
