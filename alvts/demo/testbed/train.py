@@ -336,11 +336,10 @@ def train(args: argparse.Namespace) -> None:
         return torch.stack(drifts).mean()
 
     def guide_losses(
-        guides: dict, batch: dict, labels: torch.Tensor, guide_rows: torch.Tensor
+        guides: dict, batch: dict, queries: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(question-field loss, attention loss) at the positions that predict each answer token; the end tokens too
-        in the samples whose `guide_rows` (per sample: answer_guides' rows) count them."""
-        rows, positions = answer_queries(labels, guide_rows)
+        """(question-field loss, attention loss) at the answer `queries` (rows, positions; `answer_queries`)."""
+        rows, positions = queries
         field_loss = attention_loss = torch.zeros(())
         if args.field_layer >= 0:
             logits = field_head(F.rms_norm(captured["fields"][rows, positions], (hidden,))).split(
@@ -370,18 +369,19 @@ def train(args: argparse.Namespace) -> None:
         return field_loss, attention_loss
 
     def answer_queries(labels: torch.Tensor, guide_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, positions) of the queries that predict the guided answer tokens."""
+        """(rows, positions) of the queries that predict the guided answer tokens: every answer token's; the end
+        tokens' too in the samples whose `guide_rows` (per sample: answer_guides' rows) count them."""
         rows, positions = guided_answers(labels, end_id, guide_rows).nonzero(as_tuple=True)
         return rows, positions - 1
 
-    def quiet_loss(batch: dict, labels: torch.Tensor, guide_rows: torch.Tensor) -> torch.Tensor:
+    def quiet_loss(batch: dict, queries: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Mean over every layer's heads that no answer guide touches (heads from --guide-heads on in the
         --guide-layers, every head elsewhere) of -log(attention off the visual tokens) at the --quiet-at queries
         (with both kinds, the mean of the two kinds' means): only the guided heads read the image from text, as a
         few heads do in real LVLMs."""
         ids = batch["input_ids"]
         answers = torch.zeros_like(ids, dtype=torch.bool)
-        answers[answer_queries(labels, guide_rows)] = True
+        answers[queries] = True
         text = text_after_image(ids, batch["attention_mask"], config.image_token_id)
         groups = quiet_query_groups(args.quiet_at, answers, text)
         rows, positions = torch.stack(groups).any(0).nonzero(as_tuple=True)
@@ -446,8 +446,9 @@ def train(args: argparse.Namespace) -> None:
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
         dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
-        quiet = quiet_loss(batch, labels, guide_rows) if quiet_layers and step >= args.quiet_from else torch.zeros(())
-        field_loss, attention_loss = guide_losses(guides, batch, labels, guide_rows)
+        queries = answer_queries(labels, guide_rows)
+        quiet = quiet_loss(batch, queries) if quiet_layers and step >= args.quiet_from else torch.zeros(())
+        field_loss, attention_loss = guide_losses(guides, batch, queries)
         v2v = v2v_loss(targets[:, marked_column] > 0, batch)
         anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
         optimizer.zero_grad(set_to_none=True)
