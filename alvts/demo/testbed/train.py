@@ -22,6 +22,9 @@ The shipped demo, g17 (README.md; trained on the trainer of commit e7e8322), the
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation --quiet-weight 0.5 \
         --quiet-from 1100 --quiet-at both                                                                 # g23
+    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
+        --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
+        --quiet-at both                                                                                   # g24
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre it
 holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it; optionally
