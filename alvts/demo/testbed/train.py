@@ -1,10 +1,13 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-The shipped demo, g17 (README.md; trained on the trainer of commit e7e8322), then earlier designs:
+The shipped demo, g24 (README.md), then earlier designs (g17, the previous demo, on the trainer of commit e7e8322):
 
     python -m alvts.demo.testbed.train --out alvts/demo/model --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
-        --number-end --tasks lookup,counting,existence,reading,relation,counting,existence,relation
-    python -m alvts.demo.testbed.train --out DIR     # g11, the previous demo: g10's design, five tasks
+        --number-end --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
+        --quiet-at both
+    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
+        --number-end --tasks lookup,counting,existence,reading,relation,counting,existence,relation   # g17
+    python -m alvts.demo.testbed.train --out DIR     # g11, the demo before g17: g10's design, five tasks
     python -m alvts.demo.testbed.train --out DIR --tasks lookup,reading --steps 1000    # g10's go/no-go (README.md)
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 3,4,5,7 \
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation     # design g12 (README.md)
@@ -22,9 +25,6 @@ The shipped demo, g17 (README.md; trained on the trainer of commit e7e8322), the
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
         --tasks lookup,counting,existence,reading,relation,counting,existence,relation --quiet-weight 0.5 \
         --quiet-from 1100 --quiet-at both                                                                 # g23
-    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
-        --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
-        --quiet-at both                                                                                   # g24
 
 Training-only signals, none in the saved model: per visual token (on the projector output) its colour, what centre it
 holds, its row, column, digit order and lookup grid cell, and at a grid shape's centre what lies next to it; optionally
