@@ -44,9 +44,15 @@ def build_processor() -> LlavaProcessor:
 
 
 def build_config(
-    processor: LlavaProcessor, hidden: int = 128, layers: int = 12, vision_hidden: int = 128, vision_layers: int = 4
+    processor: LlavaProcessor,
+    hidden: int = 128,
+    layers: int = 12,
+    kv_heads: int = 2,
+    vision_hidden: int = 128,
+    vision_layers: int = 4,
 ) -> LlavaConfig:
-    """CLIP tower (learned absolute positions, CLS dropped by "default") and a narrow GQA Llama decoder."""
+    """CLIP tower (learned absolute positions, CLS dropped by "default") and a narrow Llama decoder with 32-wide
+    heads, `kv_heads` of them for keys and values (GQA; as many as query heads: multi-head attention)."""
     tokenizer = processor.tokenizer
     eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
     vision = CLIPVisionConfig(
@@ -55,7 +61,7 @@ def build_config(
     )  # fmt: skip
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=hidden // 32, num_key_value_heads=2, max_position_embeddings=1024,
+        num_attention_heads=hidden // 32, num_key_value_heads=kv_heads, max_position_embeddings=1024,
         rope_parameters={"rope_type": "default", "rope_theta": 1000.0}, tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=eos, pad_token_id=pad,
     )  # fmt: skip

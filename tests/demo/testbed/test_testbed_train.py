@@ -1,17 +1,19 @@
-"""The testbed trainer's loss pieces: the v2v cross-entropy's shortcut, the unguided heads' look at the image and
-which answer positions get guides."""
+"""The testbed trainer's loss pieces: the v2v cross-entropy's shortcut, the unguided heads' look at the image, which
+answer positions get guides, the queries the cheaper estimates sample, and the decoder's key-value heads."""
 
 import math
 
 import pytest
 import torch
 
-from alvts.demo.testbed.build import build_processor
+from alvts.demo.testbed.build import build_config, build_processor
 from alvts.demo.testbed.train import (
     attention_cross_entropy,
     guided_answers,
     off_image_loss,
     quiet_query_groups,
+    sampled_queries,
+    sampled_text,
     text_after_image,
 )
 from alvts.demo.training_data import ANSWER_END, TrainingStream
@@ -110,3 +112,35 @@ def test_quiet_query_groups_keep_answers_apart_from_the_rest_of_the_text_with_bo
     assert [g.tolist() for g in quiet_query_groups("both", answers, text)] == [answers.tolist(), rest]
     assert [g.tolist() for g in quiet_query_groups("text", answers, text)] == [text.tolist()]
     assert [g.tolist() for g in quiet_query_groups("answers", answers, text)] == [answers.tolist()]
+
+
+def test_sampled_text_keeps_every_answer_and_a_binomial_share_of_the_rest():
+    """Answers always stay and nothing outside `text` appears; of the other text, the kept count lies within five
+    standard deviations of share x count; with share 1 the text comes back whole."""
+    torch.manual_seed(0)
+    text = torch.rand(8, 500) > 0.2
+    answers = text & (torch.rand(8, 500) > 0.9)
+    share, others = 0.25, int((text & ~answers).sum())
+    kept = sampled_text(text, answers, share)
+    assert kept[answers].all() and not kept[~text].any()
+    spread = 5 * math.sqrt(others * share * (1 - share))
+    assert abs(int((kept & ~answers).sum()) - share * others) < spread
+    assert torch.equal(sampled_text(text, answers, 1.0), text)
+
+
+def test_sampled_queries_are_a_sorted_random_share_without_repeats():
+    torch.manual_seed(0)
+    first, second = sampled_queries(256, 0.25), sampled_queries(256, 0.25)
+    for chosen in (first, second):
+        assert len(chosen) == 64 and len(set(chosen.tolist())) == 64
+        assert torch.equal(chosen, chosen.sort().values) and chosen.min() >= 0 and chosen.max() < 256
+    assert not torch.equal(first, second)
+    assert torch.equal(sampled_queries(256, 1.0), torch.arange(256))
+
+
+@pytest.mark.parametrize("kv_heads", [2, 4])
+def test_build_config_gives_the_decoder_the_asked_key_value_heads(kv_heads):
+    """32-wide heads: hidden 128 has four query heads over `kv_heads` key-value heads (4: multi-head attention)."""
+    text = build_config(build_processor(), kv_heads=kv_heads).text_config
+    assert (text.num_attention_heads, text.num_key_value_heads) == (4, kv_heads)
+    assert text.hidden_size // text.num_attention_heads == 32
