@@ -99,7 +99,9 @@ class SelectorPack:
             tensors[f"layers.{i}.log_temp"] = self.selector.log_temps[i].detach().float().reshape(()).cpu()
             if i in self.selector.frequencies:
                 tensors[f"layers.{i}.frequencies"] = self.selector.frequencies[i].long().contiguous().cpu()
-        save_file(tensors, out / WEIGHTS_NAME, metadata={"format": "pt", "alvts_version": __version__})
+        # one metadata key: safetensors writes metadata in hash order, and two keys would make the bytes (and the
+        # sha256 below) differ between saves of equal tensors; the version is in the config
+        save_file(tensors, out / WEIGHTS_NAME, metadata={"format": "pt"})
         self.config.weights_sha256 = hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest()
         (out / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2, sort_keys=True) + "\n")
         (out / CARD_NAME).write_text(self.model_card())

@@ -197,3 +197,12 @@ def test_a_loaded_pack_describes_itself_and_fingerprints_a_model_once(llava, tmp
     for _ in range(3):
         pack.check_model(llava)
     assert len(counted) == 1
+
+
+def test_saving_equal_tensors_writes_identical_bytes(llava, tmp_path):
+    """Sixteen saves of one pack give one set of bytes (weights and config, whose sha256 covers the weights): packs
+    compare with cmp, and a recalibration that changes nothing changes no file."""
+    pack = _pack_for(llava)
+    folders = [pack.save_pretrained(tmp_path / str(i)) for i in range(16)]
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        assert len({(folder / name).read_bytes() for folder in folders}) == 1
