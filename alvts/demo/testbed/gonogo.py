@@ -64,6 +64,22 @@ def answer_tokens(example: Example) -> list[int]:
     return []
 
 
+def answer_recall(oracle: RecordingOracle, examples: list[Example], tasks: tuple[str, ...]) -> dict[str, list]:
+    """Per task with answer tokens, per routed layer: the mean share of each question's answer tokens that the
+    oracle kept at prefill."""
+    recall: dict = {task: [] for task in tasks if any(answer_tokens(e) for e in examples if e.task == task)}
+    for layer in sorted(oracle.chosen):
+        chosen = torch.cat(oracle.chosen[layer])
+        for task in recall:
+            kept = [
+                sum(t in set(chosen[i].tolist()) for t in answer_tokens(e)) / len(answer_tokens(e))
+                for i, e in enumerate(examples)
+                if e.task == task and answer_tokens(e)
+            ]
+            recall[task].append(round(sum(kept) / len(kept), 3))
+    return recall
+
+
 def run(
     model_path: str,
     tasks: tuple[str, ...],
@@ -91,8 +107,9 @@ def run(
     images, questions = [e.image for e in examples], [e.question for e in examples]
     visual = (processor.image_processor.crop_size["height"] // model.config.vision_config.patch_size) ** 2
     oracle = RecordingOracle(k=max(1, math.floor(keep * visual)))
+    t2v_oracle = RecordingOracle(k=oracle.k, score="t2v")
     conditions = {
-        "full": None, f"oracle@{keep}": (oracle, keep), f"oracle t2v@{keep}": (OraclePolicy(score="t2v"), keep),
+        "full": None, f"oracle@{keep}": (oracle, keep), f"oracle t2v@{keep}": (t2v_oracle, keep),
         f"random@{keep}": (RandomPolicy(0), keep),
     }  # fmt: skip
     budgets = {f"@{keep}": keep}
@@ -124,17 +141,8 @@ def run(
         row["samples"] = [p for p, _ in zip(predictions, range(6), strict=False)]
         table["rows"][name] = row
         print(name, json.dumps(row), flush=True)
-    recall: dict = {task: [] for task in tasks if any(answer_tokens(e) for e in examples if e.task == task)}
-    for layer in sorted(oracle.chosen):
-        chosen = torch.cat(oracle.chosen[layer])
-        for task in recall:
-            kept = [
-                sum(t in set(chosen[i].tolist()) for t in answer_tokens(e)) / len(answer_tokens(e))
-                for i, e in enumerate(examples)
-                if e.task == task and answer_tokens(e)
-            ]
-            recall[task].append(round(sum(kept) / len(kept), 3))
-    table["answer_token_recall_by_layer"] = recall
+    table["answer_token_recall_by_layer"] = answer_recall(oracle, examples, tasks)
+    table["answer_token_recall_by_layer_t2v"] = answer_recall(t2v_oracle, examples, tasks)
     layers = sorted(oracle.chosen)
     sets = {layer: torch.cat(oracle.chosen[layer]) for layer in layers}
     jaccard = []
@@ -174,6 +182,8 @@ def print_table(table: dict, tasks: tuple[str, ...]) -> None:
             print(f"{name:<18}{task:<10}{cell['acc']:>6.2f}{cell['n']:>5}   [{lo:.2f}, {hi:.2f}]{ratio:>8.2f}")
     for task, values in table["answer_token_recall_by_layer"].items():
         print(f"oracle recall of {task} answer tokens by layer (chance {table['keep']}): {values}")
+    for task, values in table["answer_token_recall_by_layer_t2v"].items():
+        print(f"t2v oracle recall of {task} answer tokens by layer: {values}")
     print(f"oracle Jaccard layer l vs l+4 (mean over questions): {table['jaccard_l_l_plus_4']}")
     print(f"visual tokens' mean norm at each layer's input (full tokens): {table['visual_norm_by_layer_input']}")
 
