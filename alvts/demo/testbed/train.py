@@ -211,6 +211,29 @@ def last_digit_labels(targets: torch.Tensor) -> torch.Tensor:
     return torch.where(order > 0, last, -100).flatten()
 
 
+def widen_key_value_heads(model, kv_heads: int) -> None:
+    """Give every decoder layer `kv_heads` key-value heads, each old one repeated for the query heads that shared it:
+    the same function as before (a checkpoint's GQA as more groups, or as multi-head attention), free to diverge."""
+    text = model.config.text_config
+    old = text.num_key_value_heads
+    if kv_heads % old or text.num_attention_heads % kv_heads:
+        raise ValueError(
+            f"--kv-heads {kv_heads} does not widen the checkpoint's {old} key-value heads: give a multiple of {old} "
+            f"that divides its {text.num_attention_heads} query heads"
+        )
+    for layer in model.model.language_model.layers:
+        attn = layer.self_attn
+        for name in ("k_proj", "v_proj"):
+            proj = getattr(attn, name)
+            wide = torch.nn.Linear(proj.in_features, kv_heads * attn.head_dim, bias=proj.bias is not None)
+            for mine, theirs in zip(wide.parameters(), proj.parameters(), strict=True):
+                repeated = theirs.detach().view(old, attn.head_dim, -1).repeat_interleave(kv_heads // old, 0)
+                mine.data.copy_(repeated.view_as(mine))
+            setattr(attn, name, wide)
+        attn.num_key_value_groups = text.num_attention_heads // kv_heads
+    text.num_key_value_heads = kv_heads
+
+
 def pretrain_vision(
     model, token_heads: list[torch.nn.Linear], dense_loss, batches, args: argparse.Namespace
 ) -> list[dict]:
@@ -259,8 +282,10 @@ def train(args: argparse.Namespace) -> None:
     if args.init_from:  # a second stage: an earlier run's weights, fresh optimizer, schedule and training heads
         model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32).train()
         config = model.config
+        if args.kv_heads is not None:
+            widen_key_value_heads(model, args.kv_heads)
     else:
-        config = build_config(processor, hidden=args.hidden, layers=args.layers, kv_heads=args.kv_heads)
+        config = build_config(processor, hidden=args.hidden, layers=args.layers, kv_heads=args.kv_heads or 2)
         model = LlavaForConditionalGeneration(config).train()
     hidden = config.text_config.hidden_size
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
@@ -538,7 +563,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=6, help="questions per training image (lookup; reading has 1)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--kv-heads", type=int, default=2, help="key-value heads per decoder layer (4: multi-head)")
+    parser.add_argument(
+        "--kv-heads",
+        type=int,
+        help="key-value heads per decoder layer (default 2; 4: multi-head); with --init-from, the checkpoint's are"
+        " repeated to this many (the same function)",
+    )
     parser.add_argument("--field-layer", type=int, default=1, help="layer taught what the question asks (-1: none)")
     parser.add_argument(
         "--guide-layers",

@@ -5,7 +5,9 @@ import math
 
 import pytest
 import torch
+from transformers import LlavaForConditionalGeneration
 
+from alvts.demo.tasks import make_example
 from alvts.demo.testbed.build import build_config, build_processor
 from alvts.demo.testbed.train import (
     attention_cross_entropy,
@@ -15,8 +17,10 @@ from alvts.demo.testbed.train import (
     sampled_queries,
     sampled_text,
     text_after_image,
+    widen_key_value_heads,
 )
 from alvts.demo.training_data import ANSWER_END, TrainingStream
+from alvts.evaluation.inputs import encode_example
 
 
 def test_attention_cross_entropy_is_the_cross_entropy_to_the_masked_softmax():
@@ -144,3 +148,23 @@ def test_build_config_gives_the_decoder_the_asked_key_value_heads(kv_heads):
     text = build_config(build_processor(), kv_heads=kv_heads).text_config
     assert (text.num_attention_heads, text.num_key_value_heads) == (4, kv_heads)
     assert text.hidden_size // text.num_attention_heads == 32
+
+
+def test_widening_key_value_heads_keeps_the_logits_and_saves_as_multi_head(tmp_path):
+    """A GQA testbed (two key-value heads) widened to four computes the same logits (fp32), reloads from disk as
+    multi-head attention with them, and refuses a width that is not a multiple of its heads."""
+    torch.manual_seed(0)
+    processor = build_processor()
+    model = LlavaForConditionalGeneration(build_config(processor, layers=2)).eval()
+    example = make_example("lookup", 0)
+    inputs = encode_example(processor, example.image, example.question)
+    with torch.no_grad():
+        before = model(**inputs).logits
+        widen_key_value_heads(model, 4)
+        torch.testing.assert_close(model(**inputs).logits, before)
+        model.save_pretrained(tmp_path)
+        reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+        assert reloaded.config.text_config.num_key_value_heads == 4
+        torch.testing.assert_close(reloaded(**inputs).logits, before)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        widen_key_value_heads(model, 6)
