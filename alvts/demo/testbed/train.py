@@ -1,10 +1,14 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-The shipped demo, g24 (README.md), then earlier designs (g17, the previous demo, on the trainer of commit e7e8322):
+The shipped demo, g24 (README.md), then g25 (designed, not yet trained to the end) and earlier designs (g17, the
+previous demo, on the trainer of commit e7e8322):
 
     python -m alvts.demo.testbed.train --out alvts/demo/model --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --number-end --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
         --quiet-at both
+    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
+        --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
+        --quiet-at both --kv-heads 4 --v2v-share 0.25 --quiet-share 0.25 --steps 1700   # g25 (README.md)
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --number-end --tasks lookup,counting,existence,reading,relation,counting,existence,relation   # g17
     python -m alvts.demo.testbed.train --out DIR     # g11, the demo before g17: g10's design, five tasks
@@ -41,6 +45,10 @@ answer positions and the rest of the text) from main step --quiet-from on, so th
 read the image from text, as a few heads do in real LVLMs. With --number-end, reading's
 digit tokens also learn whether they are the number's last, and the position that predicts the end token is guided (head
 0 toward the last digit, head 1 toward every digit) like the digits' positions. Every other head and layer is free.
+
+Cost: --v2v-share and --quiet-share estimate the v2v loss on a random share of the visual queries and the quiet
+target on a random share of the text queries other than answers, each step (unbiased, cheaper). --kv-heads sets the
+decoder's key-value heads; with --init-from it repeats the checkpoint's, which keeps the model's function.
 """
 
 from __future__ import annotations
