@@ -107,6 +107,11 @@ def neighbour_probe(model, processor, images: int) -> list[float]:
     return accuracy
 
 
+def mean_by_layer(rows: list[list[float]]) -> list[float]:
+    """Mean over questions of per-layer values, rounded to 3 places."""
+    return [round(sum(values) / len(values), 3) for values in zip(*rows, strict=True)]
+
+
 def run(model_path: str, num_per_task: int, probe_images: int) -> dict:
     """Outcomes and per-layer looks for counting (by true count) and relation (right against wrong), and the probe."""
     model = AutoModelForImageTextToText.from_pretrained(model_path, attn_implementation="eager").eval()
@@ -126,21 +131,16 @@ def run(model_path: str, num_per_task: int, probe_images: int) -> dict:
             group = f"relation, {'right' if outcome == 'right' else 'wrong'}"
         looks[group].append(looked_at(model, processor, example))
     by_layer = {
-        group: {
-            "n": len(rows),
-            **{
-                part: [round(sum(r[part][i] for r in rows) / len(rows), 3) for i in range(len(rows[0][part]))]
-                for part in ("sink", "held", "target")
-            },
-        }  # fmt: skip
+        group: {"n": len(rows)}
+        | {part: mean_by_layer([row[part] for row in rows]) for part in ("sink", "held", "target")}
         for group, rows in sorted(looks.items())
     }
+    probe = neighbour_probe(model, processor, probe_images)
     return {
         "model": model_path, "num_per_task": num_per_task, "heads": list(HEADS),
         "outcomes": {task: dict(sorted(counts.items())) for task, counts in outcomes.items()},
         "attention_by_layer": by_layer,
-        "neighbour_probe": {"images": probe_images, "accuracy": [round(a, 3) for a in neighbour_probe(
-            model, processor, probe_images)]},
+        "neighbour_probe": {"images": probe_images, "accuracy": [round(a, 3) for a in probe]},
     }  # fmt: skip
 
 
