@@ -120,8 +120,10 @@ def run(model_path: str, num_per_task: int, probe_images: int) -> dict:
     with torch.no_grad():
         answers = generate_answers(model, processor, [e.image for e in examples], [e.question for e in examples])
     outcomes: dict[str, Counter] = {"counting": Counter(), "relation": Counter()}
+    right: dict[str, list[bool]] = {"counting": [], "relation": []}  # per question, for paired comparisons
     looks: dict[str, list[dict]] = defaultdict(list)
     for example, answer in zip(examples, answers, strict=True):
+        right[example.task].append(normalise(answer) == normalise(example.answer))
         if example.task == "counting":
             outcomes["counting"][f"{example.answer} -> {normalise(answer)}"] += 1
             group = f"counting, {example.answer} shapes"
@@ -139,6 +141,7 @@ def run(model_path: str, num_per_task: int, probe_images: int) -> dict:
     return {
         "model": model_path, "num_per_task": num_per_task, "heads": list(HEADS),
         "outcomes": {task: dict(sorted(counts.items())) for task, counts in outcomes.items()},
+        "right": right,
         "attention_by_layer": by_layer,
         "neighbour_probe": {"images": probe_images, "accuracy": [round(a, 3) for a in probe]},
     }  # fmt: skip
