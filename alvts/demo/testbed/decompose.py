@@ -7,9 +7,7 @@ kind of query, or skip the layer. Routing the layer does all of it at once.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 from transformers import AttentionInterface, AutoModelForImageTextToText
@@ -22,7 +20,7 @@ from ...evaluation.processor import load_processor
 from ...evaluation.report import wilson_interval
 from ..tasks import EVAL_SEED
 from ..training_data import encode_conversation, held_out
-from .gonogo import RecordingOracle, testbed_parser
+from .gonogo import RecordingOracle, testbed_parser, write_json
 
 HIDDEN = -math.inf
 # condition: (which queries the left-out tokens are hidden from, whether the left-out tokens skip the layer)
@@ -124,10 +122,8 @@ def run(model_path: str, layer_idx: int, tasks: tuple[str, ...], num_per_task: i
 
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
-    parser = testbed_parser(__doc__, num_per_task=30)
+    parser = testbed_parser(__doc__, num_per_task=30, threads=1)
     parser.add_argument("--layer", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     table = run(args.model, args.layer, args.tasks, args.num_per_task, args.keep)
@@ -135,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     for condition, row in table["rows"].items():
         cells = "  ".join(f"{t} {c['acc']:.2f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]" for t, c in row.items())
         print(f"{condition:<24}{cells}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    write_json(args.json, table)
 
 
 if __name__ == "__main__":

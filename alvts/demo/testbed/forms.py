@@ -21,7 +21,7 @@ from ...policies.importance import received_attention_log_scores, rotated_querie
 from ...routing.policy import LayerInputs, Policy
 from ..tasks import EVAL_SEED
 from ..training_data import held_out
-from .gonogo import testbed_parser
+from .gonogo import testbed_parser, write_json
 
 
 class RealQueriesKeys(Policy):
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: accuracy per task for each form, at keep --keep on every layer."""
     parser = testbed_parser(__doc__, num_per_task=40)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
     processor = load_processor(args.model)
     examples = held_out(args.num_per_task, EVAL_SEED, args.tasks)
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             answers = generate_answers(model, processor, images, questions)
         table[name] = accuracy_by_task([e.task for e in examples], [e.answer for e in examples], answers)
         print(name, json.dumps(table[name]), flush=True)
+    write_json(args.json, table)
 
 
 if __name__ == "__main__":

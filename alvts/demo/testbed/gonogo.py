@@ -160,14 +160,24 @@ def run(
     return table
 
 
-def testbed_parser(doc: str, num_per_task: int) -> argparse.ArgumentParser:
-    """The arguments every testbed measurement takes: a model folder, tasks, questions per task and keep ratio."""
+def testbed_parser(doc: str, num_per_task: int, threads: int = 2, selection: bool = True) -> argparse.ArgumentParser:
+    """The arguments every testbed measurement takes: a model folder, questions per task, CPU threads and where to
+    write the JSON; with `selection`, also the tasks and the keep ratio (a measurement at full tokens takes neither)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
-    parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
     parser.add_argument("--num-per-task", type=int, default=num_per_task)
-    parser.add_argument("--keep", type=float, default=0.11)
+    if selection:
+        parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
+        parser.add_argument("--keep", type=float, default=0.11)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--json", help="also write the result here")
     return parser
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """Write a measurement's result where `--json` says, if it says."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 def print_table(table: dict, tasks: tuple[str, ...]) -> None:
@@ -200,8 +210,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--pack", help="also route with this selector pack (folder) under each budget")
     parser.add_argument("--one-layer", action="store_true", help="also the oracle on one layer at a time")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -210,8 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         dense_first=args.dense_first, schedule=args.schedule, pack=args.pack, one_layer=args.one_layer,
     )  # fmt: skip
     print_table(table, args.tasks)
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    write_json(args.json, table)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ answer needs (a linear probe of each grid shape's neighbours on the projector ou
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +22,7 @@ from ..tasks.geometry import nearest_in_direction
 from ..tasks.vocab import DIRECTIONS
 from ..training_data import NEIGHBOUR_SPLITS, centre_token, held_out, token_targets
 from .build import SINK_TOKEN
-from .gonogo import testbed_parser
+from .gonogo import testbed_parser, write_json
 
 HEADS = (0, 1)  # the heads the trainer guides at answer positions
 PROBE_SEED = EVAL_SEED + 2  # the probe's images: neither training's, the probes', nor the evaluation's
@@ -149,10 +147,8 @@ def run(model_path: str, num_per_task: int, probe_images: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
-    parser = testbed_parser(__doc__, num_per_task=100)
+    parser = testbed_parser(__doc__, num_per_task=100, selection=False)
     parser.add_argument("--probe-images", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -165,8 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             if any(row[part]):
                 print(f"  {group} (n = {row['n']}), {part}: {row[part]}")
     print(f"neighbour probe, held-out accuracy per column: {result['neighbour_probe']['accuracy']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

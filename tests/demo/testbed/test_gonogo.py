@@ -1,9 +1,13 @@
-"""The go/no-go table's recall of answer tokens, from an oracle's recorded choices."""
+"""The go/no-go table's recall of answer tokens, from an oracle's recorded choices; the testbed commands' flags."""
 
+import json
+
+import pytest
 import torch
 
 from alvts.demo.tasks import EVAL_SEED
-from alvts.demo.testbed.gonogo import RecordingOracle, answer_recall, answer_tokens
+from alvts.demo.testbed import gonogo
+from alvts.demo.testbed.gonogo import RecordingOracle, answer_recall, answer_tokens, write_json
 from alvts.demo.training_data import held_out
 
 
@@ -28,3 +32,22 @@ def test_answer_recall_is_the_share_of_answer_tokens_each_layer_kept():
     recall = answer_recall(oracle, examples, ("reading", "existence"))
     assert list(recall) == ["reading"]
     assert recall["reading"] == [1.0, round((1 / len(digits[0]) + 0) / 2, 3)]
+
+
+def test_a_full_token_measurement_refuses_selection_flags_it_would_ignore(capsys):
+    """`readout` measures at full tokens on its own tasks: `--keep` and `--tasks` are errors there, not silently
+    dropped; the selection commands take them, and each command keeps its own default thread count."""
+    full_tokens = gonogo.testbed_parser("", num_per_task=10, selection=False)
+    for flag, value in (("--keep", "0.2"), ("--tasks", "lookup")):
+        with pytest.raises(SystemExit):
+            full_tokens.parse_args(["model", flag, value])
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+    args = gonogo.testbed_parser("", num_per_task=10, threads=1).parse_args(
+        ["model", "--keep", "0.2", "--json", "out.json"]
+    )
+    assert (args.keep, args.tasks, args.threads, args.json) == (0.2, ("lookup", "reading"), 1, "out.json")
+
+
+def test_write_json_round_trips(tmp_path):
+    write_json(str(tmp_path / "out.json"), {"a": [1, 2]})
+    assert json.loads((tmp_path / "out.json").read_text()) == {"a": [1, 2]}
