@@ -44,7 +44,10 @@ guide touches is pulled off the visual tokens (-log of its attention elsewhere) 
 answer positions and the rest of the text) from main step --quiet-from on, so that only the guided heads
 read the image from text, as a few heads do in real LVLMs. With --number-end, reading's
 digit tokens also learn whether they are the number's last, and the position that predicts the end token is guided (head
-0 toward the last digit, head 1 toward every digit) like the digits' positions. Every other head and layer is free.
+0 toward the last digit, head 1 toward every digit) like the digits' positions. With --relation-looks-at answer, a
+relation question's guided heads look at its answer's own token instead of the anchor: that token knows what lies
+next to it, so the query finds it by the anchor and the direction, and reads it as a lookup reads its cell. Every
+other head and layer is free.
 
 Cost: --v2v-share and --quiet-share estimate the v2v loss on a random share of the visual queries and the quiet
 target on a random share of the text queries other than answers, each step (unbiased, cheaper). --kv-heads sets the
@@ -159,10 +162,16 @@ V2V_TARGETS = {  # name: (radius, which token_targets column marks the attended 
 }
 
 
-def union_target(task: str, item: dict) -> torch.Tensor:
-    """Per answer token, attention spread evenly over every token its question's answer looks at: one question per
-    reading image, so all its digits; a lookup answer is one token, so its own target."""
-    first = item["first_attention"]
+def first_target(task: str, item: dict, relation_looks_at: str) -> torch.Tensor:
+    """Per answer token, head 0's attention target: answer_guides' first (a relation question's anchor, whose token
+    learns what lies next to it), or with `relation_looks_at` "answer" the relation answer's own token (its second),
+    which a query finds by what lies next to it and reads as a lookup reads its cell."""
+    return item["second_attention" if task == "relation" and relation_looks_at == "answer" else "first_attention"]
+
+
+def union_target(task: str, first: torch.Tensor) -> torch.Tensor:
+    """Per answer token, attention spread evenly over every token its question's answer looks at (`first`: the
+    question's first targets): one question per reading image, so all its digits; other answers, their own target."""
     if task != "reading":
         return first
     looked_at = (first > 0).any(0).float()
@@ -490,9 +499,12 @@ def train(args: argparse.Namespace) -> None:
     for step, items in zip(range(args.steps), batches, strict=False):
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items])
-        union = torch.cat([union_target(task, item) for task, item in zip(tasks, items, strict=True)])
-        guide_rows = torch.tensor([len(item["first_attention"]) for item in items])
-        guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES} | {"union_attention": union}
+        firsts = [first_target(task, item, args.relation_looks_at) for task, item in zip(tasks, items, strict=True)]
+        guide_rows = torch.tensor([len(first) for first in firsts])
+        guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES} | {
+            "first_attention": torch.cat(firsts),
+            "union_attention": torch.cat([union_target(t, f) for t, f in zip(tasks, firsts, strict=True)]),
+        }
         batch = collate(items, pad_id, adapter)
         labels = batch.pop("labels")
         for group in optimizer.param_groups:
@@ -595,6 +607,12 @@ def main(argv: list[str] | None = None) -> None:
         "--v2v-share", type=float, default=1.0, help="share of visual queries in a step's v2v loss (a random set)"
     )
     parser.add_argument("--guide-heads", type=int, default=2, choices=(1, 2), help="guided heads in each of them")
+    parser.add_argument(
+        "--relation-looks-at",
+        default="anchor",
+        choices=("anchor", "answer"),
+        help="relation's guided heads look at the anchor (which learns its neighbours) or at the answer itself",
+    )
     parser.add_argument(
         "--number-end",
         action="store_true",

@@ -1,5 +1,6 @@
 """The testbed trainer's loss pieces: the v2v cross-entropy's shortcut, the unguided heads' look at the image, which
-answer positions get guides, the queries the cheaper estimates sample, and the decoder's key-value heads."""
+answer positions get guides, the queries the cheaper estimates sample, the decoder's key-value heads, and where
+relation looks."""
 
 import math
 
@@ -11,15 +12,17 @@ from alvts.demo.tasks import make_example
 from alvts.demo.testbed.build import build_config, build_processor
 from alvts.demo.testbed.train import (
     attention_cross_entropy,
+    first_target,
     guided_answers,
     off_image_loss,
     quiet_query_groups,
     sampled_queries,
     sampled_text,
     text_after_image,
+    union_target,
     widen_key_value_heads,
 )
-from alvts.demo.training_data import ANSWER_END, TrainingStream
+from alvts.demo.training_data import ANSWER_END, TrainingStream, answer_guides, centre_token
 from alvts.evaluation.inputs import encode_example
 
 
@@ -168,3 +171,19 @@ def test_widening_key_value_heads_keeps_the_logits_and_saves_as_multi_head(tmp_p
         torch.testing.assert_close(reloaded(**inputs).logits, before)
     with pytest.raises(ValueError, match="multiple of 4"):
         widen_key_value_heads(model, 6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_relation_can_look_at_its_answer_and_every_other_target_stays(seed):
+    """With "answer", both guided heads of a relation question look at the centre token of the shape its answer
+    names (found here from the answer's words); with "anchor" at answer_guides' first target, as every other task."""
+    example = make_example("relation", seed)
+    _, first, second = answer_guides(example.scene, example.image.size[0])
+    item = {"first_attention": first, "second_attention": second}
+    named = next(o for o in example.scene["objects"] if f"{o['colour']} {o['shape']}" == example.answer)
+    answer_token = 1 + centre_token(named["centre"], example.image.size[0])  # the targets' index 0 is the sink
+    looked_at = first_target("relation", item, "answer")
+    assert looked_at.argmax(1).tolist() == [answer_token] * len(first) and (looked_at.max(1).values == 1).all()
+    assert torch.equal(union_target("relation", looked_at), looked_at)
+    assert torch.equal(first_target("relation", item, "anchor"), first)
+    assert torch.equal(first_target("lookup", item, "answer"), first)
