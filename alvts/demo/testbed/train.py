@@ -1,14 +1,14 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-The shipped demo, g24 (README.md), then g25 (designed, not yet trained to the end) and earlier designs (g17, the
-previous demo, on the trainer of commit e7e8322):
+The shipped demo, g25 (README.md), then the demo before it (g24) and earlier designs (g17, on the trainer of commit
+e7e8322):
 
     python -m alvts.demo.testbed.train --out alvts/demo/model --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --number-end --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
-        --quiet-at both
+        --quiet-at both --kv-heads 4 --v2v-share 0.25 --quiet-share 0.25 --steps 1700
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
         --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
-        --quiet-at both --kv-heads 4 --v2v-share 0.25 --quiet-share 0.25 --steps 1700   # g25 (README.md)
+        --quiet-at both   # g24 (README.md)
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --number-end --tasks lookup,counting,existence,reading,relation,counting,existence,relation   # g17
     python -m alvts.demo.testbed.train --out DIR     # g11, the demo before g17: g10's design, five tasks
