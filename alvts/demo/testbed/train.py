@@ -162,11 +162,11 @@ V2V_TARGETS = {  # name: (radius, which token_targets column marks the attended 
 }
 
 
-def first_target(task: str, item: dict, relation_looks_at: str) -> torch.Tensor:
-    """Per answer token, head 0's attention target: answer_guides' first (a relation question's anchor, whose token
-    learns what lies next to it), or with `relation_looks_at` "answer" the relation answer's own token (its second),
-    which a query finds by what lies next to it and reads as a lookup reads its cell."""
-    return item["second_attention" if task == "relation" and relation_looks_at == "answer" else "first_attention"]
+def first_target(task: str, guides: dict, relation_looks_at: str) -> torch.Tensor:
+    """Per answer token, head 0's attention target from one item's `guides` (GUIDES): answer_guides' first (a relation
+    question's anchor, whose token learns what lies next to it), or with `relation_looks_at` "answer" the relation
+    answer's own token (its second), which a query finds by what lies next to it and reads as a lookup its cell."""
+    return guides["second_attention" if task == "relation" and relation_looks_at == "answer" else "first_attention"]
 
 
 def union_target(task: str, first: torch.Tensor) -> torch.Tensor:
@@ -499,9 +499,11 @@ def train(args: argparse.Namespace) -> None:
     for step, items in zip(range(args.steps), batches, strict=False):
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items])
-        firsts = [first_target(task, item, args.relation_looks_at) for task, item in zip(tasks, items, strict=True)]
+        per_item = [{name: item.pop(name) for name in GUIDES} for item in items]
+        firsts = [first_target(task, g, args.relation_looks_at) for task, g in zip(tasks, per_item, strict=True)]
         guide_rows = torch.tensor([len(first) for first in firsts])
-        guides = {name: torch.cat([item.pop(name) for item in items]) for name in GUIDES} | {
+        guides = {
+            "fields": torch.cat([g["fields"] for g in per_item]),
             "first_attention": torch.cat(firsts),
             "union_attention": torch.cat([union_target(t, f) for t, f in zip(tasks, firsts, strict=True)]),
         }
