@@ -44,10 +44,10 @@ guide touches is pulled off the visual tokens (-log of its attention elsewhere) 
 answer positions and the rest of the text) from main step --quiet-from on, so that only the guided heads
 read the image from text, as a few heads do in real LVLMs. With --number-end, reading's
 digit tokens also learn whether they are the number's last, and the position that predicts the end token is guided (head
-0 toward the last digit, head 1 toward every digit) like the digits' positions. With --relation-looks-at answer, a
-relation question's guided heads look at its answer's own token instead of the anchor: that token knows what lies
-next to it, so the query finds it by the anchor and the direction, and reads it as a lookup reads its cell. Every
-other head and layer is free.
+0 toward the last digit, head 1 toward every digit) like the digits' positions. In the --relation-answer-layers, a
+relation question's guided heads look at its answer's own token instead of the anchor: a second hop, which finds the
+cell next to the anchor's (read in the earlier guided layers) and reads it as a lookup reads its cell. Every other head
+and layer is free.
 
 Cost: --v2v-share and --quiet-share estimate the v2v loss on a random share of the visual queries and the quiet
 target on a random share of the text queries other than answers, each step (unbiased, cheaper). --kv-heads sets the
@@ -162,11 +162,19 @@ V2V_TARGETS = {  # name: (radius, which token_targets column marks the attended 
 }
 
 
-def first_target(task: str, guides: dict, relation_looks_at: str) -> torch.Tensor:
+def first_target(task: str, guides: dict, relation_answer: bool) -> torch.Tensor:
     """Per answer token, head 0's attention target from one item's `guides` (GUIDES): answer_guides' first (a relation
-    question's anchor, whose token learns what lies next to it), or with `relation_looks_at` "answer" the relation
-    answer's own token (its second), which a query finds by what lies next to it and reads as a lookup its cell."""
-    return guides["second_attention" if task == "relation" and relation_looks_at == "answer" else "first_attention"]
+    question's anchor, whose token learns what lies next to it), or with `relation_answer` the relation answer's own
+    token (its second), which a query finds by the cell next to the anchor's and reads as a lookup reads its cell."""
+    return guides["second_attention" if task == "relation" and relation_answer else "first_attention"]
+
+
+def guide_targets(tasks: list[str], guides: list[dict], relation_answer: bool) -> torch.Tensor:
+    """(answer tokens, 2, 1 + visual tokens): the targets of heads 0 and 1 in a guided layer, for a batch's `tasks`
+    and per-item `guides`: `first_target` and its `union_target`."""
+    firsts = [first_target(task, g, relation_answer) for task, g in zip(tasks, guides, strict=True)]
+    unions = [union_target(task, first) for task, first in zip(tasks, firsts, strict=True)]
+    return torch.stack([torch.cat(firsts), torch.cat(unions)], 1)
 
 
 def union_target(task: str, first: torch.Tensor) -> torch.Tensor:
@@ -409,8 +417,8 @@ def train(args: argparse.Namespace) -> None:
                 (F.cross_entropy(lg, fields[:, i]) for i, lg in enumerate(logits) if (fields[:, i] >= 0).any()),
                 field_loss,
             )
-        target = torch.stack([guides["first_attention"], guides["union_attention"]], 1)[:, : args.guide_heads]
-        has = target[:, 0].sum(1) > 0
+        targets = {answer: target[:, : args.guide_heads] for answer, target in guides["targets"].items()}
+        has = targets[False][:, 0].sum(1) > 0
         if args.guide_layers and has.any():
             ids = batch["input_ids"][rows]
             sink = (ids == sink_id).int().argmax(1, keepdim=True)
@@ -423,6 +431,7 @@ def train(args: argparse.Namespace) -> None:
                     args.guide_heads,
                 )  # fmt: skip
                 probs = attention.gather(2, keys)
+                target = targets[index in args.relation_answer_layers]
                 attention_loss = attention_loss + -(target * torch.log(probs + 1e-12)).sum(2).mean(1)[has].mean()
             attention_loss = attention_loss / len(args.guide_layers)
         return field_loss, attention_loss
@@ -491,6 +500,7 @@ def train(args: argparse.Namespace) -> None:
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    answer_phases = (False, True) if args.relation_answer_layers else (False,)
     started = time.perf_counter()
     batches = iter(loader)
     vision_heads = [head for head in (token_head, last_head) if head is not None]
@@ -500,12 +510,10 @@ def train(args: argparse.Namespace) -> None:
         tasks = [item.pop("task") for item in items]
         targets = torch.cat([item.pop("token_targets") for item in items])
         per_item = [{name: item.pop(name) for name in GUIDES} for item in items]
-        firsts = [first_target(task, g, args.relation_looks_at) for task, g in zip(tasks, per_item, strict=True)]
-        guide_rows = torch.tensor([len(first) for first in firsts])
+        guide_rows = torch.tensor([len(g["first_attention"]) for g in per_item])
         guides = {
             "fields": torch.cat([g["fields"] for g in per_item]),
-            "first_attention": torch.cat(firsts),
-            "union_attention": torch.cat([union_target(t, f) for t, f in zip(tasks, firsts, strict=True)]),
+            "targets": {answer: guide_targets(tasks, per_item, answer) for answer in answer_phases},
         }
         batch = collate(items, pad_id, adapter)
         labels = batch.pop("labels")
@@ -610,10 +618,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--guide-heads", type=int, default=2, choices=(1, 2), help="guided heads in each of them")
     parser.add_argument(
-        "--relation-looks-at",
-        default="anchor",
-        choices=("anchor", "answer"),
-        help="relation's guided heads look at the anchor (which learns its neighbours) or at the answer itself",
+        "--relation-answer-layers",
+        type=integers,
+        default=[],
+        help="guided layers where relation's guided heads look at the answer's own token, not the anchor ('': none)",
     )
     parser.add_argument(
         "--number-end",
@@ -643,7 +651,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--probe-every", type=int, default=200)
     parser.add_argument("--probe-per-task", type=int, default=20)
-    train(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if stray := sorted(set(args.relation_answer_layers) - set(args.guide_layers)):
+        parser.error(f"--relation-answer-layers {stray} are not --guide-layers {args.guide_layers}: name guided layers")
+    train(args)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,14 @@ from alvts.demo.tasks import make_example
 from alvts.demo.testbed.build import build_config, build_processor
 from alvts.demo.testbed.train import (
     attention_cross_entropy,
-    first_target,
+    guide_targets,
     guided_answers,
+    main,
     off_image_loss,
     quiet_query_groups,
     sampled_queries,
     sampled_text,
     text_after_image,
-    union_target,
     widen_key_value_heads,
 )
 from alvts.demo.training_data import ANSWER_END, TrainingStream, answer_guides, centre_token
@@ -175,15 +175,30 @@ def test_widening_key_value_heads_keeps_the_logits_and_saves_as_multi_head(tmp_p
 
 @pytest.mark.parametrize("seed", range(3))
 def test_relation_can_look_at_its_answer_and_every_other_target_stays(seed):
-    """With "answer", both guided heads of a relation question look at the centre token of the shape its answer
-    names (found here from the answer's words); with "anchor" at answer_guides' first target, as every other task."""
-    example = make_example("relation", seed)
-    _, first, second = answer_guides(example.scene, example.image.size[0])
-    item = {"first_attention": first, "second_attention": second}
-    named = next(o for o in example.scene["objects"] if f"{o['colour']} {o['shape']}" == example.answer)
-    answer_token = 1 + centre_token(named["centre"], example.image.size[0])  # the targets' index 0 is the sink
-    looked_at = first_target("relation", item, "answer")
-    assert looked_at.argmax(1).tolist() == [answer_token] * len(first) and (looked_at.max(1).values == 1).all()
-    assert torch.equal(union_target("relation", looked_at), looked_at)
-    assert torch.equal(first_target("relation", item, "anchor"), first)
-    assert torch.equal(first_target("lookup", item, "answer"), first)
+    """In a layer where relation looks at its answer, both guided heads of a relation question look at the centre
+    token of the shape its answer names (found here from the answer's words); elsewhere at answer_guides' first
+    target (the anchor), and every other task's targets are the same in both kinds of layer."""
+    relation, lookup = make_example("relation", seed), make_example("lookup", seed)
+    guides = []
+    for example in (relation, lookup):
+        _, first, second = answer_guides(example.scene, example.image.size[0])
+        guides.append({"first_attention": first, "second_attention": second})
+    named = next(o for o in relation.scene["objects"] if f"{o['colour']} {o['shape']}" == relation.answer)
+    answer_token = 1 + centre_token(named["centre"], relation.image.size[0])  # the targets' index 0 is the sink
+    rows = len(guides[0]["first_attention"])
+    at_answer = guide_targets(["relation", "lookup"], guides, relation_answer=True)
+    at_anchor = guide_targets(["relation", "lookup"], guides, relation_answer=False)
+    assert at_answer[:rows].argmax(2).tolist() == [[answer_token] * 2] * rows
+    assert (at_answer[:rows].amax(2) == 1).all()
+    assert torch.equal(at_anchor[:rows, 0], guides[0]["first_attention"])
+    assert not torch.equal(at_anchor[:rows], at_answer[:rows])
+    assert torch.equal(at_answer[rows:], at_anchor[rows:])
+    assert torch.equal(at_anchor[rows:, 0], guides[1]["first_attention"])
+
+
+def test_relation_answer_layers_must_be_guided_layers(tmp_path, capsys):
+    """A relation answer layer that is not guided is refused with both lists named, before anything is built."""
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "run"), "--guide-layers", "0,1,2", "--relation-answer-layers", "2,5"])
+    assert "[5] are not --guide-layers [0, 1, 2]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
