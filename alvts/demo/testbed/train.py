@@ -362,7 +362,13 @@ def train(args: argparse.Namespace) -> None:
                 with_kwargs=True,
             )
     heads = (token_head, field_head, deep_head) + ((last_head,) if last_head is not None else ())
-    parameters = [*model.parameters(), *(p for head in heads for p in head.parameters())]
+    if args.freeze_vision:  # the tower's tokens stay as the checkpoint made them; their per-token heads have no work
+        model.model.vision_tower.requires_grad_(False)
+        model.model.multi_modal_projector.requires_grad_(False)
+        heads = (field_head,)
+    parameters = [
+        p for p in (*model.parameters(), *(p for head in heads for p in head.parameters())) if p.requires_grad
+    ]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
 
     def dense_loss(tasks: list[str], targets: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
@@ -521,12 +527,13 @@ def train(args: argparse.Namespace) -> None:
             group["lr"] = lr_at(step)
         loss_sum, counts = per_example_loss(model(**batch).logits, labels)
         loss = loss_sum.sum() / counts.sum()
-        dense = dense_loss(tasks, targets, batch["input_ids"] == config.image_token_id)
+        image = batch["input_ids"] == config.image_token_id
+        dense = torch.zeros(()) if args.freeze_vision else dense_loss(tasks, targets, image)
         queries = answer_queries(labels, guide_rows)
         quiet = quiet_loss(batch, queries) if quiet_layers and step >= args.quiet_from else torch.zeros(())
         field_loss, attention_loss = guide_losses(guides, batch, queries)
         v2v = v2v_loss(targets[:, marked_column] > 0, batch)
-        anchor = anchor_loss(batch["input_ids"] == config.image_token_id)
+        anchor = anchor_loss(image)
         optimizer.zero_grad(set_to_none=True)
         total = loss + args.aux_weight * (dense + field_loss) + args.guide_weight * (attention_loss + v2v)
         (total + args.anchor_weight * anchor + args.quiet_weight * quiet).backward()
@@ -582,6 +589,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-from", help="start from this checkpoint's weights (a second stage)")
     parser.add_argument(
         "--vision-steps", type=int, default=0, help="steps that first pretrain the vision tower alone (0: none)"
+    )
+    parser.add_argument(
+        "--freeze-vision",
+        action="store_true",
+        help="with --init-from: keep the checkpoint's vision tower and projector as they are (train the decoder)",
     )
     parser.add_argument("--dense-layer", type=int, default=-1, help="per-token targets also here")
     parser.add_argument(
@@ -652,6 +664,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-every", type=int, default=200)
     parser.add_argument("--probe-per-task", type=int, default=20)
     args = parser.parse_args(argv)
+    if args.freeze_vision and (args.vision_steps or not args.init_from or args.dense_layer >= 0):
+        parser.error(
+            "--freeze-vision keeps a checkpoint's tower: give --init-from, and no --vision-steps or --dense-layer"
+        )
     if stray := sorted(set(args.relation_answer_layers) - set(args.guide_layers)):
         parser.error(f"--relation-answer-layers {stray} are not --guide-layers {args.guide_layers}: name guided layers")
     train(args)

@@ -22,6 +22,7 @@ from alvts.demo.testbed.train import (
     text_after_image,
     widen_key_value_heads,
 )
+from alvts.demo.train import save
 from alvts.demo.training_data import ANSWER_END, TrainingStream, answer_guides, centre_token
 from alvts.evaluation.inputs import encode_example
 
@@ -201,4 +202,34 @@ def test_relation_answer_layers_must_be_guided_layers(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "run"), "--guide-layers", "0,1,2", "--relation-answer-layers", "2,5"])
     assert "[5] are not --guide-layers [0, 1, 2]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_freeze_vision_trains_the_decoder_and_keeps_the_tower(tmp_path):
+    """A second stage with --freeze-vision changes decoder weights and leaves every vision tower and projector weight
+    as the checkpoint has it."""
+    processor = build_processor()
+    torch.manual_seed(0)
+    save(LlavaForConditionalGeneration(build_config(processor, layers=2)), processor, tmp_path / "first")
+    main([
+        "--init-from", str(tmp_path / "first"), "--out", str(tmp_path / "second"), "--freeze-vision", "--steps", "2",
+        "--batch-size", "2", "--guide-layers", "0,1", "--tasks", "lookup,relation", "--probe-per-task", "1",
+        "--threads", "1", "--quiet-weight", "0.5",
+    ])  # fmt: skip
+    before = LlavaForConditionalGeneration.from_pretrained(tmp_path / "first").state_dict()
+    after = LlavaForConditionalGeneration.from_pretrained(tmp_path / "second").state_dict()
+    tower = [n for n in before if "vision_tower" in n or "multi_modal_projector" in n]
+    decoder = [n for n in before if "language_model.layers" in n]
+    assert tower and all(torch.equal(before[n], after[n]) for n in tower)
+    assert any(not torch.equal(before[n], after[n]) for n in decoder)
+
+
+@pytest.mark.parametrize(
+    "flags", [["--freeze-vision"], ["--freeze-vision", "--init-from", "x", "--vision-steps", "10"]]
+)
+def test_freeze_vision_needs_a_checkpoint_and_no_tower_training(tmp_path, flags, capsys):
+    """--freeze-vision without a checkpoint, or with steps that train the tower, is refused before anything runs."""
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "run"), *flags])
+    assert "--freeze-vision keeps a checkpoint's tower" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
