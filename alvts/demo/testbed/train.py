@@ -1,11 +1,16 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
-The shipped demo, g25 (README.md), then the demo before it (g24) and earlier designs (g17, on the trainer of commit
-e7e8322):
+The shipped demo, g26 (README.md): g25, then a second stage that trains its decoder further with the tower kept as
+it is and relation and counting asked more often; then the demo before it (g24) and earlier designs (g17, on the
+trainer of commit e7e8322):
 
-    python -m alvts.demo.testbed.train --out alvts/demo/model --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
+    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
         --number-end --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
-        --quiet-at both --kv-heads 4 --v2v-share 0.25 --quiet-share 0.25 --steps 1700
+        --quiet-at both --kv-heads 4 --v2v-share 0.25 --quiet-share 0.25 --steps 1700      # g25
+    python -m alvts.demo.testbed.train --init-from DIR --out alvts/demo/model --freeze-vision --steps 600 --lr 5e-4 \
+        --warmup 30 --guide-layers 0,1,2,3,5,7 --number-end --quiet-weight 0.5 --quiet-at both --kv-heads 4 \
+        --v2v-share 0.25 --quiet-share 0.25 \
+        --tasks relation,counting,relation,counting,lookup,reading,existence,relation                  # then g26
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
         --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
         --quiet-at both   # g24 (README.md)
