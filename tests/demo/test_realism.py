@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import alvts
+from alvts.demo import DEMO_MODEL_PATH, realism
 from alvts.demo.realism import jaccard, layer_overlaps, oracle_sets, thirds
 from alvts.demo.training_data import held_out
 from alvts.evaluation.inputs import encode_example
@@ -42,3 +43,17 @@ def test_layer_overlaps_compare_layers_questions_and_chance(tiny):
     overlaps = layer_overlaps(model, processor, held_out(1, 7, ["lookup", "counting"]), keep=0.25, gap=1)
     assert set(overlaps) == {"layer l vs l+1", "two questions, same layer", "two random sets"}
     assert all(0 <= value <= 1 for value in overlaps.values())
+
+
+def test_the_demo_alias_loads_the_shipped_folder(monkeypatch):
+    """`--model demo` names the packaged model, as it does for alvts-calibrate and alvts-eval."""
+    loaded = []
+
+    def record(path, *args, **kwargs):
+        loaded.append(str(path))
+        raise RuntimeError("stop after the path is known")
+
+    monkeypatch.setattr(realism.AutoModelForImageTextToText, "from_pretrained", record)
+    with pytest.raises(RuntimeError, match="stop after"):
+        realism.main(["--model", "demo", "--num-per-task", "1"])
+    assert loaded == [str(DEMO_MODEL_PATH)]
