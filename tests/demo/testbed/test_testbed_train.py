@@ -214,7 +214,7 @@ def test_freeze_vision_trains_the_decoder_and_keeps_the_tower(tmp_path):
     main([
         "--init-from", str(tmp_path / "first"), "--out", str(tmp_path / "second"), "--freeze-vision", "--steps", "2",
         "--batch-size", "2", "--guide-layers", "0,1", "--tasks", "lookup,relation", "--probe-per-task", "1",
-        "--threads", "1", "--quiet-weight", "0.5",
+        "--threads", str(torch.get_num_threads()), "--quiet-weight", "0.5",
     ])  # fmt: skip
     before = LlavaForConditionalGeneration.from_pretrained(tmp_path / "first").state_dict()
     after = LlavaForConditionalGeneration.from_pretrained(tmp_path / "second").state_dict()
