@@ -29,6 +29,7 @@ from ...evaluation.scoring import normalise
 from ...packs import SelectorPack
 from ...policies import OraclePolicy, RandomPolicy
 from ...routing.policy import LayerInputs
+from .. import resolve_model_alias
 from ..tasks import EVAL_SEED, Example
 from ..training_data import _digit_centres, centre_token, held_out
 
@@ -164,7 +165,7 @@ def testbed_parser(doc: str, num_per_task: int, threads: int = 2, selection: boo
     """The arguments every testbed measurement takes: a model folder, questions per task, CPU threads and where to
     write the JSON; with `selection`, also the tasks and the keep ratio (a measurement at full tokens takes neither)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model")
+    parser.add_argument("model", type=resolve_model_alias, help='a model folder, or "demo" for the shipped one')
     parser.add_argument("--num-per-task", type=int, default=num_per_task)
     if selection:
         parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))

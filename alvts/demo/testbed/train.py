@@ -64,7 +64,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -92,6 +95,7 @@ from ..training_data import (
 )
 from .build import SINK_TOKEN, build_config, build_processor
 
+RECIPES = Path(__file__).with_name("recipes")
 AUX_NAMES = ("token_loss", "field_loss", "attention_loss", "v2v_loss", "anchor", "quiet_loss")
 SIDE = 16  # visual tokens per image side
 PROBE_SEED = EVAL_SEED + 1  # progress checks; gonogo uses EVAL_SEED
@@ -301,8 +305,8 @@ def pretrain_vision(
     return log
 
 
-def train(args: argparse.Namespace) -> None:
-    """Train, probe every --probe-every steps (teacher-forced exact match), save to --out."""
+def train(args: argparse.Namespace) -> dict:
+    """Train, probe every --probe-every steps (teacher-forced exact match), save to --out; return the training log."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -575,6 +579,7 @@ def train(args: argparse.Namespace) -> None:
     summary = {"args": vars(args), "train_seconds": round(elapsed, 1), "torch": torch.__version__, "log": log}
     (out / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"trained {args.steps} steps in {elapsed / 60:.1f} min; saved to {out}", flush=True)
+    return summary
 
 
 def integers(text: str) -> list[int]:
@@ -582,8 +587,8 @@ def integers(text: str) -> list[int]:
     return [int(i) for i in text.split(",") if i]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line."""
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's flags (a recipe's stages are written in them too)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=1500)
@@ -668,6 +673,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--probe-every", type=int, default=200)
     parser.add_argument("--probe-per-task", type=int, default=20)
+    parser.add_argument(
+        "--recipe",
+        help="train every stage of this recipe (a name in alvts/demo/testbed/recipes/, or a .toml file) into --out;"
+        " it gives every other flag",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line."""
+    parser = build_parser()
+    args = checked_args(parser, argv)
+    if args.recipe is None:
+        train(args)
+        return
+    if given := [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in ("recipe", "out")
+                 and v != parser.get_default(k)]:  # fmt: skip
+        parser.error(f"--recipe gives every training flag; drop {' '.join(given)} (or write them into a recipe)")
+    train_recipe(parser, args.recipe, Path(args.out))
+
+
+def checked_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the trainer's flags and refuse combinations that cannot train, before anything is built."""
     args = parser.parse_args(argv)
     if args.freeze_vision and (args.vision_steps or not args.init_from or args.dense_layer >= 0):
         parser.error(
@@ -675,7 +703,37 @@ def main(argv: list[str] | None = None) -> None:
         )
     if stray := sorted(set(args.relation_answer_layers) - set(args.guide_layers)):
         parser.error(f"--relation-answer-layers {stray} are not --guide-layers {args.guide_layers}: name guided layers")
-    train(args)
+    return args
+
+
+def recipe_runs(
+    parser: argparse.ArgumentParser, recipe: str, out: Path, work: Path
+) -> list[tuple[str, argparse.Namespace]]:
+    """(name, checked flags) of each stage of `recipe` (a name in RECIPES or a .toml path; each stage {"name", "args"}):
+    each stage starts from the one before, kept in `work` under its name; the last one trains into `out`."""
+    path = Path(recipe) if recipe.endswith(".toml") else RECIPES / f"{recipe}.toml"
+    if not path.is_file():
+        parser.error(f"no training recipe {recipe!r}: give one of {sorted(p.stem for p in RECIPES.glob('*.toml'))}"
+                     " or the path of a .toml file")  # fmt: skip
+    stages = tomllib.loads(path.read_text(encoding="utf-8"))["stages"]
+    outs = [work / stage["name"] for stage in stages[:-1]] + [out]
+    runs = []
+    for stage, stage_out, init in zip(stages, outs, [None, *outs[:-1]], strict=True):
+        argv = [*shlex.split(stage["args"]), "--out", str(stage_out)]
+        runs.append((stage["name"], checked_args(parser, argv + (["--init-from", str(init)] if init else []))))
+    return runs
+
+
+def train_recipe(parser: argparse.ArgumentParser, recipe: str, out: Path) -> None:
+    """Train a recipe's stages in turn (`recipe_runs`, every stage checked before the first trains); `out` gets the
+    last one's model and one training log of every stage. The earlier stages' models are not kept."""
+    with tempfile.TemporaryDirectory(prefix="alvts-recipe-") as work:
+        runs = recipe_runs(parser, recipe, out, Path(work))
+        logs = [{"name": name, **train(args)} for name, args in runs]
+    summary = {"recipe": recipe, "train_seconds": round(sum(log["train_seconds"] for log in logs), 1), "stages": logs}
+    (out / "training_log.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    minutes = summary["train_seconds"] / 60
+    print(f"recipe {recipe}: {len(runs)} stages in {minutes:.1f} min; saved to {out}", flush=True)
 
 
 if __name__ == "__main__":

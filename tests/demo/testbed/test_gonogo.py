@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from alvts.demo import DEMO_MODEL_PATH
 from alvts.demo.tasks import EVAL_SEED
 from alvts.demo.testbed import gonogo
 from alvts.demo.testbed.gonogo import RecordingOracle, answer_recall, answer_tokens, write_json
@@ -46,6 +47,13 @@ def test_a_full_token_measurement_refuses_selection_flags_it_would_ignore(capsys
         ["model", "--keep", "0.2", "--json", "out.json"]
     )
     assert (args.keep, args.tasks, args.threads, args.json) == (0.2, ("lookup", "reading"), 1, "out.json")
+
+
+def test_the_testbed_commands_take_the_demo_alias():
+    """The alias "demo" names the packaged model folder, as in alvts-calibrate and alvts-eval; a path stays as given."""
+    parser = gonogo.testbed_parser("", num_per_task=10)
+    assert parser.parse_args(["demo"]).model == str(DEMO_MODEL_PATH)
+    assert parser.parse_args(["runs/g26"]).model == "runs/g26"
 
 
 def test_write_json_round_trips(tmp_path):

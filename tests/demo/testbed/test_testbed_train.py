@@ -2,6 +2,7 @@
 answer positions get guides, the queries the cheaper estimates sample, the decoder's key-value heads, and where
 relation looks."""
 
+import json
 import math
 
 import pytest
@@ -12,11 +13,13 @@ from alvts.demo.tasks import make_example
 from alvts.demo.testbed.build import build_config, build_processor
 from alvts.demo.testbed.train import (
     attention_cross_entropy,
+    build_parser,
     guide_targets,
     guided_answers,
     main,
     off_image_loss,
     quiet_query_groups,
+    recipe_runs,
     sampled_queries,
     sampled_text,
     text_after_image,
@@ -233,3 +236,50 @@ def test_freeze_vision_needs_a_checkpoint_and_no_tower_training(tmp_path, flags,
         main(["--out", str(tmp_path / "run"), *flags])
     assert "--freeze-vision keeps a checkpoint's tower" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_trains_what_its_stages_train_one_after_the_other(tmp_path):
+    """`--recipe` gives the same weights, bit for bit, as its stages run as separate commands (the second from the
+    first's folder), and one training log of both stages."""
+    tiny = f"--steps 2 --batch-size 2 --layers 2 --guide-layers 0,1 --tasks lookup,relation --probe-per-task 1 " \
+           f"--threads {torch.get_num_threads()} --quiet-weight 0.5"  # fmt: skip
+    first, second = f"{tiny} --vision-steps 1", f"{tiny} --freeze-vision --lr 5e-4"
+    (tmp_path / "tiny.toml").write_text(
+        f'[[stages]]\nname = "one"\nargs = "{first}"\n\n[[stages]]\nname = "two"\nargs = "{second}"\n', encoding="utf-8"
+    )
+    main(["--recipe", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "recipe")])
+    main([*first.split(), "--out", str(tmp_path / "one")])
+    main([*second.split(), "--init-from", str(tmp_path / "one"), "--out", str(tmp_path / "two")])
+    by_recipe = LlavaForConditionalGeneration.from_pretrained(tmp_path / "recipe").state_dict()
+    by_commands = LlavaForConditionalGeneration.from_pretrained(tmp_path / "two").state_dict()
+    assert by_recipe.keys() == by_commands.keys()
+    assert all(torch.equal(by_recipe[name], by_commands[name]) for name in by_recipe)
+    log = json.loads((tmp_path / "recipe" / "training_log.json").read_text(encoding="utf-8"))
+    assert [(stage["name"], stage["args"]["freeze_vision"]) for stage in log["stages"]] == [
+        ("one", False),
+        ("two", True),
+    ]
+    assert not (tmp_path / "recipe" / "one").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--recipe", "demo", "--steps", "5"], "--recipe gives every training flag; drop --steps"),
+        (["--recipe", "nonesuch"], "no training recipe 'nonesuch': give one of ['demo']"),
+    ],
+)
+def test_a_recipe_is_refused_with_other_flags_or_when_unknown(tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "run"), *flags])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_recipe_trains_g25_from_scratch_then_g26_from_it(tmp_path):
+    """The shipped recipe's stages are valid trainer flags, wired in turn: the first builds the model with its tower
+    pretrained, the second starts from the first's folder, keeps its tower and writes the output folder."""
+    (first_name, first), (second_name, second) = recipe_runs(build_parser(), "demo", tmp_path / "out", tmp_path / "w")
+    assert (first_name, first.init_from, first.vision_steps > 0, first.freeze_vision) == ("g25", None, True, False)
+    assert (second_name, second.init_from, second.freeze_vision) == ("g26", str(tmp_path / "w" / "g25"), True)
+    assert (first.out, second.out) == (str(tmp_path / "w" / "g25"), str(tmp_path / "out"))
