@@ -1,16 +1,10 @@
 """Train the LLaVA testbed from scratch on all tokens (no dropping, no routing) and save it like a Hub checkpoint.
 
 The shipped demo, g26 (README.md): g25, then a second stage that trains its decoder further with the tower kept as
-it is and relation and counting asked more often; then the demo before it (g24) and earlier designs (g17, on the
-trainer of commit e7e8322):
+it is and relation and counting asked more often, both in one recipe (`recipes/demo.toml`); then the demo before it
+(g24) and earlier designs (g17, on the trainer of commit e7e8322):
 
-    python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 \
-        --number-end --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
-        --quiet-at both --kv-heads 4 --v2v-share 0.25 --quiet-share 0.25 --steps 1700      # g25
-    python -m alvts.demo.testbed.train --init-from DIR --out alvts/demo/model --freeze-vision --steps 600 --lr 5e-4 \
-        --warmup 30 --guide-layers 0,1,2,3,5,7 --number-end --quiet-weight 0.5 --quiet-at both --kv-heads 4 \
-        --v2v-share 0.25 --quiet-share 0.25 \
-        --tasks relation,counting,relation,counting,lookup,reading,existence,relation                  # then g26
+    python -m alvts.demo.testbed.train --recipe demo --out alvts/demo/model    # g26: g25's stage, then its own
     python -m alvts.demo.testbed.train --out DIR --vision-steps 600 --guide-layers 0,1,2,3,5,7 --number-end \
         --tasks lookup,counting,existence,reading,relation,reading,counting,relation --quiet-weight 0.5 \
         --quiet-at both   # g24 (README.md)
