@@ -1,6 +1,6 @@
 """The testbed trainer's loss pieces: the v2v cross-entropy's shortcut, the unguided heads' look at the image, which
-answer positions get guides, the queries the cheaper estimates sample, the decoder's key-value heads, and where
-relation looks."""
+answer positions get guides, the queries the cheaper estimates sample, the decoder's key-value heads, where relation
+looks; second stages that keep the tower, and recipes that chain stages in one command."""
 
 import json
 import math
