@@ -116,9 +116,7 @@ def run(
     model_path: str, num_per_task: int, keep: float, gap: int, seed: int, batch_size: int,
     tasks: Sequence[str] = TASK_TYPES,
 ) -> dict:  # fmt: skip
-    """The accuracy table (full, blank, random at `keep` in one third of the layers) and the overlaps; `model_path`
-    may be the alias "demo"."""
-    model_path = resolve_model_alias(model_path)
+    """The accuracy table (full, blank, random at `keep` in one third of the layers) and the overlaps."""
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
     examples = held_out(num_per_task, seed, tasks)
@@ -141,7 +139,9 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEMO_MODEL_PATH), help='a model folder, Hub id or "demo"')
+    parser.add_argument(
+        "--model", type=resolve_model_alias, default=str(DEMO_MODEL_PATH), help='a model folder, Hub id or "demo"'
+    )
     parser.add_argument("--num-per-task", type=int, default=50)
     parser.add_argument("--keep", type=float, default=0.11)
     parser.add_argument("--gap", type=int, default=4, help="layers between the two sets compared (l and l + gap)")

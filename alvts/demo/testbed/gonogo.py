@@ -81,6 +81,12 @@ def answer_recall(oracle: RecordingOracle, examples: list[Example], tasks: tuple
     return recall
 
 
+def kept_per_layer(model, processor, keep: float) -> int:
+    """Visual tokens a layer keeps at `keep`: the floor of that share of one image's tokens, at least one."""
+    visual = (processor.image_processor.crop_size["height"] // model.config.vision_config.patch_size) ** 2
+    return max(1, math.floor(keep * visual))
+
+
 def run(
     model_path: str,
     tasks: tuple[str, ...],
@@ -106,8 +112,7 @@ def run(
     processor = load_processor(model_path)
     examples = held_out(num_per_task, EVAL_SEED, tasks)
     images, questions = [e.image for e in examples], [e.question for e in examples]
-    visual = (processor.image_processor.crop_size["height"] // model.config.vision_config.patch_size) ** 2
-    oracle = RecordingOracle(k=max(1, math.floor(keep * visual)))
+    oracle = RecordingOracle(k=kept_per_layer(model, processor, keep))
     t2v_oracle = RecordingOracle(k=oracle.k, score="t2v")
     conditions = {
         "full": None, f"oracle@{keep}": (oracle, keep), f"oracle t2v@{keep}": (t2v_oracle, keep),

@@ -9,8 +9,6 @@ where it already holds every centre, selecting per layer has nothing to add.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from transformers import AutoModelForImageTextToText
 
@@ -23,7 +21,7 @@ from ...routing.policy import LayerInputs, Policy
 from ..tasks import EVAL_SEED, Example
 from ..tasks.geometry import nearest_in_direction
 from ..training_data import centre_token, held_out
-from .gonogo import testbed_parser, write_json
+from .gonogo import kept_per_layer, testbed_parser, write_json
 
 TASKS = ("relation", "lookup")  # the tasks whose answers live in grid shape centres
 
@@ -65,13 +63,17 @@ def kept_shares(chosen: dict[int, list[torch.Tensor]], examples: list[Example]) 
     shares: dict = {}
     for task in dict.fromkeys(e.task for e in examples):
         asked = [(i, e) for i, e in enumerate(examples) if e.task == task]
+        centres = {i: {centre_token(o["centre"], e.image.size[0]) for o in e.scene["objects"]} for i, e in asked}
+        needed = {i: needed_tokens(e) for i, e in asked}
         row = shares.setdefault(task, {})
         for kept in sets:
-            centres = [(i, {centre_token(o["centre"], e.image.size[0]) for o in e.scene["objects"]}) for i, e in asked]
-            row.setdefault("centres", []).append(sum(len(c & kept[i]) / len(c) for i, c in centres) / len(asked))
-            for name in needed_tokens(asked[0][1]):
-                hits = sum(needed_tokens(e)[name] in kept[i] for i, e in asked)
-                row.setdefault(name, []).append(hits / len(asked))
+            row.setdefault("centres", []).append(
+                sum(len(c & kept[i]) / len(c) for i, c in centres.items()) / len(asked)
+            )
+            for name in needed[asked[0][0]]:
+                row.setdefault(name, []).append(
+                    sum(tokens[name] in kept[i] for i, tokens in needed.items()) / len(asked)
+                )
     return {task: {name: [round(v, 3) for v in values] for name, values in row.items()} for task, row in shares.items()}
 
 
@@ -80,8 +82,7 @@ def run(model_path: str, pack: str, tasks: tuple[str, ...], num_per_task: int, k
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
     examples = held_out(num_per_task, EVAL_SEED, tasks)
-    visual = (processor.image_processor.crop_size["height"] // model.config.vision_config.patch_size) ** 2
-    k = max(1, math.floor(keep * visual))
+    k = kept_per_layer(model, processor, keep)
     result: dict = {"model": model_path, "pack": pack, "keep": keep, "k": k, "num_per_task": num_per_task}
     for name, wrap in (("per-layer", lambda policy: policy), ("once", SelectOncePolicy)):
         policy = wrap(resolve_policy(pack, model))
