@@ -15,7 +15,8 @@ from transformers import AutoModelForImageTextToText
 from ...api import resolve_policy, routed
 from ...evaluation.harness import generate_answers
 from ...evaluation.processor import load_processor
-from ...evaluation.scoring import normalise
+from ...evaluation.report import wilson_interval
+from ...evaluation.scoring import accuracy_by_task
 from ...policies.baselines import SelectOncePolicy
 from ...routing.policy import LayerInputs, Policy
 from ..tasks import EVAL_SEED, Example
@@ -91,9 +92,10 @@ def run(model_path: str, pack: str, tasks: tuple[str, ...], num_per_task: int, k
             predictions = generate_answers(
                 model, processor, [e.image for e in examples], [e.question for e in examples], batch_size
             )
-        right = [normalise(p) == normalise(e.answer) for p, e in zip(predictions, examples, strict=True)]
+        accuracy = accuracy_by_task([e.task for e in examples], [e.answer for e in examples], predictions)
         accuracy = {
-            t: sum(r for r, e in zip(right, examples, strict=True) if e.task == t) / num_per_task for t in tasks
+            task: {"acc": accuracy[task], "n": num_per_task, "ci": wilson_interval(accuracy[task], num_per_task)}
+            for task in tasks
         }
         result[name] = {"accuracy": accuracy, "kept_by_layer": kept_shares(chosen, examples)}
     return result
@@ -112,7 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     result = run(args.model, args.pack, args.tasks, args.num_per_task, args.keep, args.batch_size)
     for name in ("per-layer", "once"):
-        print(f"{name}: accuracy {result[name]['accuracy']}")
+        cells = [
+            f"{task} {c['acc']:.3f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]"
+            for task, c in result[name]["accuracy"].items()
+        ]
+        print(f"{name}: accuracy (n = {args.num_per_task} per task, 95% Wilson) {', '.join(cells)}")
         for task, row in result[name]["kept_by_layer"].items():
             for what, values in row.items():
                 print(f"  {task} {what} kept by layer: {values}")
