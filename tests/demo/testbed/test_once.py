@@ -42,15 +42,19 @@ def test_record_top_k_keeps_each_calls_best_visual_tokens_and_returns_the_scores
 
 def test_kept_shares_count_centres_and_needed_tokens_per_question():
     """Layer 0 keeps every centre of the first lookup question and none of the second; layer 1 only each question's
-    asked centre: centres (1 + 0) / 2 and (1/16 + 1/16) / 2, answers 1/2 and 1."""
+    asked centre: centres (1 + 0) / 2 and the mean of 1 / (each question's centres), answers 1/2 and 1."""
     examples = [make_example("lookup", 0), make_example("lookup", 1)]
     size = examples[0].image.size[0]
     centres = [[centre_token(o["centre"], size) for o in e.scene["objects"]] for e in examples]
     spare = next(t for t in range(256) if t not in centres[1])
     answers = [once.needed_tokens(e)["answer"] for e in examples]
-    chosen = {0: [torch.tensor([centres[0], [spare] * 16])], 1: [torch.tensor([[answers[0]], [answers[1]]])]}
+    chosen = {
+        0: [torch.tensor([centres[0], [spare] * len(centres[0])])],
+        1: [torch.tensor([[answers[0]], [answers[1]]])],
+    }
+    one_each = sum(1 / len(set(c)) for c in centres) / 2
     shares = once.kept_shares(chosen, examples)
-    assert shares == {"lookup": {"centres": [0.5, round(1 / 16, 3)], "answer": [0.5, 1.0]}}
+    assert shares == {"lookup": {"centres": [0.5, round(one_each, 3)], "answer": [0.5, 1.0]}}
 
 
 def test_tasks_without_grid_answers_are_refused_before_the_model_loads(capsys):
