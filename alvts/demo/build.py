@@ -31,14 +31,20 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
+TOKENIZER_LOOKUP_GRID = 4
 IMAGE_SIZE = 448  # 32 x 32 patches of 14 px, merged 2 x 2: 256 visual tokens
 
 
 def build_tokenizer(vocab_size: int = 400, examples_per_task: int = 200) -> PreTrainedTokenizerFast:
     """Byte-level BPE fitted on the suite's questions and answers, with enough merges that every word is one token
     (an answer's first token then carries the whole answer); digits stay single tokens, so numbers read digit by
-    digit."""
-    scenes = [generate_scene(task, seed) for task in TASK_TYPES for seed in range(examples_per_task)]
+    digit. The corpus draws lookups on `TOKENIZER_LOOKUP_GRID` grids, as when the tokenizer was first fitted, so the
+    tokenizer stays the same whatever grid the suite asks about (row and column numbers are digits: single tokens)."""
+    scenes = [
+        generate_scene(task, seed, lookup_grid=TOKENIZER_LOOKUP_GRID)
+        for task in TASK_TYPES
+        for seed in range(examples_per_task)
+    ]
     corpus = [text for scene, answer in scenes for text in (question_for(scene), answer)]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(

@@ -29,7 +29,6 @@ from .build import IMAGE_SIZE, build_config, build_processor, build_tokenizer
 from .tasks import EVAL_SEED, TASK_TYPES
 from .training_data import (
     ANSWER_END,
-    FIELDS,
     GUIDES,
     MAX_DIGITS,
     NEIGHBOUR_SPLITS,
@@ -38,6 +37,7 @@ from .training_data import (
     TOKEN_PIXELS,
     TrainingStream,
     encode_conversation,
+    field_sizes,
     held_out,
 )
 
@@ -202,7 +202,8 @@ def train(args: argparse.Namespace) -> None:
     hidden, grid = config.text_config.hidden_size, IMAGE_SIZE // TOKEN_PIXELS
     token_head = torch.nn.Linear(hidden, NUM_COLOUR_CLASSES + NUM_CENTRE_CLASSES).to(device)
     position_head = torch.nn.Linear(hidden, 2 * grid + MAX_DIGITS + 1 + sum(NEIGHBOUR_SPLITS)).to(device)
-    field_head = torch.nn.Linear(hidden, sum(FIELDS.values())).to(device)
+    field_classes = field_sizes()
+    field_head = torch.nn.Linear(hidden, sum(field_classes.values())).to(device)
     captured: dict[str, torch.Tensor] = {}
     model.model.visual.register_forward_hook(lambda m, a, output: captured.update(visual=output.pooler_output))
     layers = model.model.language_model.layers
@@ -248,7 +249,7 @@ def train(args: argparse.Namespace) -> None:
         rows, positions = answer.nonzero(as_tuple=True)
         positions = positions - 1
         decoder = F.rms_norm(captured["decoder"][rows, positions], (hidden,))
-        field_logits = field_head(decoder).split(tuple(FIELDS.values()), 1)
+        field_logits = field_head(decoder).split(tuple(field_classes.values()), 1)
         fields = guides["fields"]
         field_loss = sum(
             (F.cross_entropy(logit, fields[:, i]) for i, logit in enumerate(field_logits) if (fields[:, i] >= 0).any()),

@@ -13,7 +13,7 @@ from ..evaluation.inputs import prompt_text
 from .tasks import TASK_TYPES, TRAIN_SEED, Example, answer_for, example_seed, make_example, question_for
 from .tasks.font import GLYPH_GAP, GLYPH_HEIGHT, GLYPH_WIDTH
 from .tasks.geometry import is_unambiguous, nearest_in_direction
-from .tasks.scenes import COLOUR_NAMES, GRID
+from .tasks.scenes import COLOUR_NAMES, LOOKUP_GRID
 from .tasks.vocab import BACKGROUND, COLOURS, COMBOS, DIRECTIONS, SHAPES, TEXT_COLOUR
 
 TOKEN_PIXELS = 28  # one merged visual token covers 28 x 28 pixels
@@ -117,10 +117,13 @@ def _digit_centres(scene: dict) -> list[tuple[float, float]]:
     ]
 
 
-FIELDS: dict[str, int] = {
-    "task": len(TASK_TYPES), "colour": len(COLOUR_NAMES), "shape": len(SHAPES), "row": GRID, "col": GRID,
-    "direction": len(DIRECTIONS), "part": MAX_DIGITS,
-}  # fmt: skip
+FIELDS = ("task", "colour", "shape", "row", "col", "direction", "part")  # what a question asks, answer_guides' columns
+
+
+def field_sizes(lookup_grid: int = LOOKUP_GRID) -> dict[str, int]:
+    """Number of classes of each of `FIELDS`, with lookup grids up to `lookup_grid` cells a side."""
+    sizes = [len(TASK_TYPES), len(COLOUR_NAMES), len(SHAPES), lookup_grid, lookup_grid, len(DIRECTIONS), MAX_DIGITS]
+    return dict(zip(FIELDS, sizes, strict=True))
 
 
 GUIDES = ("fields", "first_attention", "second_attention")  # answer_guides' outputs, as TrainingStream names them
@@ -163,7 +166,8 @@ def answer_guides(scene: dict, size: int, number_end: bool = False) -> tuple[tor
             rows.append((dict.fromkeys(FIELDS, -100), rows[-1][1], empty))
     elif task == "lookup":
         fields |= {"row": query["row"] - 1, "col": query["col"] - 1}
-        rows = [(fields, _attend([centres[(query["row"] - 1) * GRID + query["col"] - 1]], size), empty)]
+        asked = (query["row"] - 1) * scene["grid"]["cols"] + query["col"] - 1
+        rows = [(fields, _attend([centres[asked]], size), empty)]
     elif task == "counting":
         fields |= {"colour": COLOUR_NAMES.index(query["colour"])}
         chosen = [c for c, obj in zip(centres, objects, strict=True) if obj["colour"] == query["colour"]]
@@ -198,7 +202,8 @@ def _queries(scene: dict, rng: random.Random) -> list[dict]:
     """Every other query of the scene's task about the same scene, shuffled (existence: yes and no alternate)."""
     task, objects = scene["task"], scene["objects"]
     if task == "lookup":
-        queries = [{"row": r, "col": c} for r in range(1, GRID + 1) for c in range(1, GRID + 1)]
+        rows, cols = scene["grid"]["rows"], scene["grid"]["cols"]
+        queries = [{"row": r, "col": c} for r in range(1, rows + 1) for c in range(1, cols + 1)]
     elif task == "counting":
         queries = [{"colour": colour} for colour in sorted({obj["colour"] for obj in objects})]
     elif task == "existence":
@@ -236,19 +241,25 @@ class TrainingStream(IterableDataset):
     """Endless training examples, task types in turn (a type listed twice comes twice as often), one training-block
     seed per example: deterministic order.
     Each image carries up to `turns` questions (more answer tokens per forward pass of its 256 visual tokens); with
-    `number_end`, reading's guides also cover its end token (`answer_guides`)."""
+    `number_end`, reading's guides also cover its end token (`answer_guides`); lookups are on `lookup_grid` grids."""
 
     def __init__(
-        self, processor, tasks: Sequence[str] = TASK_TYPES, start: int = 0, turns: int = 1, number_end: bool = False
+        self,
+        processor,
+        tasks: Sequence[str] = TASK_TYPES,
+        start: int = 0,
+        turns: int = 1,
+        number_end: bool = False,
+        lookup_grid: int = LOOKUP_GRID,
     ):
         self.processor, self.tasks, self.start, self.turns = processor, tuple(tasks), start, turns
-        self.number_end = number_end
+        self.number_end, self.lookup_grid = number_end, lookup_grid
 
     def __iter__(self) -> Iterator[dict]:
         index = self.start
         while True:
             task = self.tasks[index % len(self.tasks)]
-            example = make_example(task, example_seed(TRAIN_SEED, index))
+            example = make_example(task, example_seed(TRAIN_SEED, index), lookup_grid=self.lookup_grid)
             turns = conversation(example, self.turns, random.Random(example.seed))
             guides = [answer_guides(scene, example.image.size[0], self.number_end) for _, _, scene in turns]
             yield {
@@ -260,6 +271,12 @@ class TrainingStream(IterableDataset):
             index += 1
 
 
-def held_out(num_per_task: int, base_seed: int, tasks: Sequence[str] = TASK_TYPES) -> list[Example]:
+def held_out(
+    num_per_task: int, base_seed: int, tasks: Sequence[str] = TASK_TYPES, lookup_grid: int = LOOKUP_GRID
+) -> list[Example]:
     """Examples from a seed block disjoint from training, interleaved by task."""
-    return [make_example(task, example_seed(base_seed, i)) for i in range(num_per_task) for task in tasks]
+    return [
+        make_example(task, example_seed(base_seed, i), lookup_grid=lookup_grid)
+        for i in range(num_per_task)
+        for task in tasks
+    ]

@@ -18,6 +18,7 @@ from alvts.api import routed
 from alvts.demo import DEMO_MODEL_PATH, TASKS_AT_BAR, is_built, resolve_model_alias
 from alvts.demo.tasks import EVAL_SEED, TASK_TYPES
 from alvts.demo.tasks.vocab import BACKGROUND
+from alvts.demo.testbed.build import build_processor
 from alvts.demo.training_data import held_out
 from alvts.evaluation.harness import generate_answers
 from alvts.evaluation.processor import load_processor
@@ -69,6 +70,14 @@ def test_loads_offline_through_the_auto_classes():
     )
     out = subprocess.run([sys.executable, "-c", code], env=OFFLINE, capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["LlavaForConditionalGeneration 12 clip_vision_model", "LlavaProcessor"]
+
+
+@needs_model
+def test_the_trainer_builds_the_tokenizer_the_shipped_model_was_trained_with():
+    """The trainer fits its tokenizer anew each run; it must give the shipped model's token ids, whatever the suite's
+    lookup grid."""
+    shipped = load_processor(DEMO_MODEL_PATH).tokenizer
+    assert build_processor().tokenizer.get_vocab() == shipped.get_vocab()
 
 
 @needs_model

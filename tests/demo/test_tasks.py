@@ -196,6 +196,27 @@ def test_image_size_honoured(size):
     assert make_example("relation", 0).image.size == (448, 448)
 
 
+@pytest.mark.parametrize("grid", [4, 6])
+def test_a_lookup_grid_has_one_shape_per_cell_each_centred_in_its_own_token(grid):
+    """Every cell holds one shape whose centre token no other shape shares (at 448 px), so a 6 x 6 lookup has 36
+    candidate tokens: more than keep 0.11 (28 of 256) holds."""
+    for seed in range(5):
+        example = make_example("lookup", seed, lookup_grid=grid)
+        objects, query = example.scene["objects"], example.scene["query"]
+        cells = [(row, col) for row in range(1, 1 + grid) for col in range(1, 1 + grid)]
+        assert sorted((o["row"], o["col"]) for o in objects) == cells
+        assert 1 <= query["row"] <= grid and 1 <= query["col"] <= grid
+        assert example.answer == answer_for(example.scene)
+        tokens = {(int(o["centre"][1] * 448) // 28, int(o["centre"][0] * 448) // 28) for o in objects}
+        assert len(tokens) == grid * grid
+
+
+def test_lookup_grid_out_of_range():
+    for grid in (0, 8):
+        with pytest.raises(ValueError, match=r"lookup grid's side must be in \[1, 7\]"):
+            make_example("lookup", 0, lookup_grid=grid)
+
+
 def test_image_size_too_small():
     with pytest.raises(ValueError, match="image_size"):
         make_example("lookup", 0, 32)

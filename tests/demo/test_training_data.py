@@ -106,10 +106,11 @@ def _token(point):
     return int(point[1] * 448) // 28 * 16 + int(point[0] * 448) // 28
 
 
-def test_answer_guides_look_at_the_object_that_holds_the_answer():
-    lookup = make_example("lookup", 2)
+@pytest.mark.parametrize("grid", [4, 6])
+def test_answer_guides_look_at_the_object_that_holds_the_answer(grid):
+    lookup = make_example("lookup", 2, lookup_grid=grid)
     query = lookup.scene["query"]
-    target = lookup.scene["objects"][(query["row"] - 1) * 4 + query["col"] - 1]
+    target = next(o for o in lookup.scene["objects"] if (o["row"], o["col"]) == (query["row"], query["col"]))
     fields, first, second = answer_guides(lookup.scene, 448)
     assert first.shape == second.shape == (1, 257)
     assert first[0, 1 + _token(target["centre"])] == 1 and not second.any()

@@ -10,7 +10,9 @@ from .font import GLYPH_GAP, GLYPH_WIDTH, text_extent
 from .geometry import MARGIN, centre, is_unambiguous, nearest_in_direction, place, square
 from .vocab import COLOURS, COMBOS, DIRECTIONS, NEGATIVE_MODES, POPULAR_TOP_K, POPULARITY, POPULARITY_WEIGHTS, SHAPES
 
-GRID = 4  # lookup grid is GRID x GRID cells
+LOOKUP_GRID = 4  # a lookup grid is LOOKUP_GRID x LOOKUP_GRID cells (6 x 6, tried: testbed README, g27 and g28)
+MAX_LOOKUP_GRID = 7  # (1 - 2 * MARGIN) * TOKENS / 7 = 2.1 tokens per cell
+RELATION_GRID = 4  # a relation grid: 16 distinct shapes
 TEXT_UNITS = 112  # a font pixel is 1/TEXT_UNITS of the image side: at 448 px a glyph (5 x 7) with its gap fills
 GLYPH_PITCH = GLYPH_WIDTH + GLYPH_GAP  # one 28-px visual token, so each digit lives in exactly one token
 SHAPE_SIZES = (0.10, 0.14)  # side of a scattered shape as a fraction of the image side
@@ -36,25 +38,26 @@ def _retry(rng: random.Random, attempt: Callable[[random.Random], tuple[Scene, s
     raise RuntimeError("scene constraints could not be met")
 
 
-def _grid(rng: random.Random, combos: Sequence[tuple[str, str]]) -> list[dict]:
-    """A GRID x GRID grid of shapes in raster order, one per (colour, shape), each knowing its 1-based row and col."""
-    cell = (1 - 2 * MARGIN) / GRID
+def _grid(combos: Sequence[tuple[str, str]], grid: int) -> list[dict]:
+    """A grid x grid grid of shapes in raster order, one per (colour, shape), each knowing its 1-based row and col."""
+    cell = (1 - 2 * MARGIN) / grid
     size = 0.6 * cell
     objects = []
     for index, (colour, shape) in enumerate(combos):
-        row, col = divmod(index, GRID)
+        row, col = divmod(index, grid)
         box = square(MARGIN + col * cell + (cell - size) / 2, MARGIN + row * cell + (cell - size) / 2, size)
         objects.append({**_shape(colour, shape, box), "row": row + 1, "col": col + 1})
     return objects
 
 
-def _lookup(rng: random.Random) -> tuple[Scene, str]:
-    """A grid of shapes; the question names one cell, so the answer lives in a few visual tokens."""
-    objects = _grid(rng, [(rng.choice(COLOUR_NAMES), rng.choice(SHAPES)) for _ in range(GRID * GRID)])
-    row, col = rng.randint(1, GRID), rng.randint(1, GRID)
+def _lookup(rng: random.Random, grid: int = LOOKUP_GRID) -> tuple[Scene, str]:
+    """A grid of shapes; the question names one cell, so the answer lives in a few visual tokens, and which ones
+    depends on the question."""
+    objects = _grid([(rng.choice(COLOUR_NAMES), rng.choice(SHAPES)) for _ in range(grid * grid)], grid)
+    row, col = rng.randint(1, grid), rng.randint(1, grid)
     query = {"row": row, "col": col}
-    scene = {"task": "lookup", "grid": {"rows": GRID, "cols": GRID}, "objects": objects, "query": query}
-    return scene, objects[(row - 1) * GRID + col - 1]["colour"]
+    scene = {"task": "lookup", "grid": {"rows": grid, "cols": grid}, "objects": objects, "query": query}
+    return scene, objects[(row - 1) * grid + col - 1]["colour"]
 
 
 def _token_cells(rng: random.Random, count: int) -> list[tuple[int, int]]:
@@ -139,12 +142,12 @@ def _reading(rng: random.Random) -> tuple[Scene, str]:
 def _relation(rng: random.Random) -> tuple[Scene, str]:
     """A grid of distinct shapes; the question names one by what it is and asks for its neighbour in a direction, so
     where to look depends on the question: find the anchor anywhere, then the cell next to it."""
-    objects = _grid(rng, rng.sample(COMBOS, GRID * GRID))
+    objects = _grid(rng.sample(COMBOS, RELATION_GRID**2), RELATION_GRID)
     centres = [obj["centre"] for obj in objects]
     pairs = [(a, d) for a in range(len(objects)) for d in DIRECTIONS if is_unambiguous(centres, a, d)]
     anchor, direction = rng.choice(pairs)
     scene = {
-        "task": "relation", "grid": {"rows": GRID, "cols": GRID}, "objects": objects,
+        "task": "relation", "grid": {"rows": RELATION_GRID, "cols": RELATION_GRID}, "objects": objects,
         "query": {"anchor": anchor, "direction": direction},
     }  # fmt: skip
     target = objects[nearest_in_direction(centres, anchor, direction)]
@@ -167,9 +170,18 @@ def check_task(task: str) -> None:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_TYPES)}")
 
 
-def generate_scene(task: str, seed: int) -> tuple[Scene, str]:
-    """Scene and intended answer for (task, seed), from an RNG keyed by crc32(task) and seed (no salted hash())."""
+def check_lookup_grid(grid: int) -> None:
+    """Raise ValueError unless a lookup grid of this side fits the 16 x 16 visual tokens (at least 2 per cell)."""
+    if not 1 <= grid <= MAX_LOOKUP_GRID:
+        raise ValueError(f"a lookup grid's side must be in [1, {MAX_LOOKUP_GRID}] (2 tokens per cell), got {grid}")
+
+
+def generate_scene(task: str, seed: int, lookup_grid: int = LOOKUP_GRID) -> tuple[Scene, str]:
+    """Scene and intended answer for (task, seed), from an RNG keyed by crc32(task) and seed (no salted hash()).
+    `lookup_grid` sets a lookup grid's side."""
     check_task(task)
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-    return GENERATORS[task](random.Random((zlib.crc32(task.encode()) << 64) | seed))
+    check_lookup_grid(lookup_grid)
+    rng = random.Random((zlib.crc32(task.encode()) << 64) | seed)
+    return _lookup(rng, lookup_grid) if task == "lookup" else GENERATORS[task](rng)

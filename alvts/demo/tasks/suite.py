@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 
 from .questions import question_for
 from .render import encode_png, render_scene
-from .scenes import TASK_TYPES, check_task, generate_scene
+from .scenes import LOOKUP_GRID, TASK_TYPES, check_task, generate_scene
 
 SEED_STRIDE = 1_000_000
 TRAIN_SEED = 0
@@ -47,9 +47,9 @@ class Example:
     seed: int
 
 
-def make_example(task: str, seed: int, image_size: int = 448) -> Example:
+def make_example(task: str, seed: int, image_size: int = 448, lookup_grid: int = LOOKUP_GRID) -> Example:
     """Deterministic example for (task, seed); 448 px gives 16x16 = 256 visual tokens at 28 px per token."""
-    scene, answer = generate_scene(task, seed)
+    scene, answer = generate_scene(task, seed, lookup_grid)
     image = render_scene(scene, image_size)
     return Example(image=image, question=question_for(scene), answer=answer, task=task, scene=scene, seed=seed)
 

@@ -31,6 +31,7 @@ from ...policies import OraclePolicy, RandomPolicy
 from ...routing.policy import LayerInputs
 from .. import resolve_model_alias
 from ..tasks import EVAL_SEED, Example
+from ..tasks.scenes import LOOKUP_GRID, MAX_LOOKUP_GRID
 from ..training_data import _digit_centres, centre_token, held_out
 
 
@@ -97,11 +98,13 @@ def run(
     schedule: list[float] | None = None,
     pack: str | None = None,
     one_layer: bool = False,
+    lookup_grid: int = LOOKUP_GRID,
 ) -> dict:
     """Accuracy per task and condition, the oracle's per-layer recall of the answer tokens and the visual tokens'
     norm at each decoder layer's input; with dense_first, also oracle and random with that many dense first layers;
     with a schedule (one keep ratio per decoder layer), also oracle and random under it; with a selector pack, also
-    the pack under each budget; with one_layer, also the oracle at keep on one layer at a time, every other dense."""
+    the pack under each budget; with one_layer, also the oracle at keep on one layer at a time, every other dense.
+    Lookups are asked on `lookup_grid` x `lookup_grid` grids."""
     layers = AutoConfig.from_pretrained(model_path).text_config.num_hidden_layers
     if schedule and len(schedule) != layers:
         raise ValueError(
@@ -110,7 +113,7 @@ def run(
     selectors = SelectorPack.from_pretrained(pack) if pack else None
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
-    examples = held_out(num_per_task, EVAL_SEED, tasks)
+    examples = held_out(num_per_task, EVAL_SEED, tasks, lookup_grid)
     images, questions = [e.image for e in examples], [e.question for e in examples]
     oracle = RecordingOracle(k=kept_per_layer(model, processor, keep))
     t2v_oracle = RecordingOracle(k=oracle.k, score="t2v")
@@ -131,7 +134,8 @@ def run(
         alone = [keep if i == layer else 1.0 for i in range(layers)]
         conditions[f"oracle L{layer} only"] = (OraclePolicy(), alone)
     table: dict = {
-        "model": model_path, "num_per_task": num_per_task, "keep": keep, "schedule": schedule, "pack": pack, "rows": {}
+        "model": model_path, "num_per_task": num_per_task, "keep": keep, "schedule": schedule, "pack": pack,
+        "lookup_grid": lookup_grid, "rows": {},
     }  # fmt: skip
     for name, condition in conditions.items():
         started = time.perf_counter()
@@ -216,12 +220,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--pack", help="also route with this selector pack (folder) under each budget")
     parser.add_argument("--one-layer", action="store_true", help="also the oracle on one layer at a time")
+    parser.add_argument(
+        "--lookup-grid",
+        type=int,
+        choices=range(1, MAX_LOOKUP_GRID + 1),
+        default=LOOKUP_GRID,
+        help="a lookup grid's side",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     table = run(
         args.model, args.tasks, args.num_per_task, args.keep, args.batch_size,
         dense_first=args.dense_first, schedule=args.schedule, pack=args.pack, one_layer=args.one_layer,
+        lookup_grid=args.lookup_grid,
     )  # fmt: skip
     print_table(table, args.tasks)
     write_json(args.json, table)

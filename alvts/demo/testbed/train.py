@@ -73,11 +73,10 @@ from ...evaluation.inputs import collate
 from ...routing.adapters import get_adapter
 from ..tasks import EVAL_SEED, TASK_TYPES
 from ..tasks.geometry import MARGIN
-from ..tasks.scenes import GRID
+from ..tasks.scenes import LOOKUP_GRID, RELATION_GRID, check_lookup_grid
 from ..train import answer_attention, exact_match, per_example_loss, query_key_states, save
 from ..training_data import (
     ANSWER_END,
-    FIELDS,
     GUIDES,
     MAX_DIGITS,
     NEIGHBOUR_SPLITS,
@@ -85,6 +84,7 @@ from ..training_data import (
     NUM_COLOUR_CLASSES,
     TrainingStream,
     encode_conversation,
+    field_sizes,
     held_out,
 )
 from .build import SINK_TOKEN, build_config, build_processor
@@ -93,18 +93,22 @@ RECIPES = Path(__file__).with_name("recipes")
 AUX_NAMES = ("token_loss", "field_loss", "attention_loss", "v2v_loss", "anchor", "quiet_loss")
 SIDE = 16  # visual tokens per image side
 PROBE_SEED = EVAL_SEED + 1  # progress checks; gonogo uses EVAL_SEED
-GRID_TASKS = ("lookup", "relation")
-# column splits of the dense targets: token_targets' colour, centre, row, column, digit order; grid row, col; then
-# token_targets' neighbours
-SPLITS = (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, SIDE, SIDE, MAX_DIGITS + 1, GRID + 1, GRID + 1, *NEIGHBOUR_SPLITS)
 
 
-def grid_cells() -> torch.Tensor:
-    """(SIDE * SIDE, 2) long: the 1-based lookup grid row and column each visual token's centre lies in (0: none)."""
-    cell = (1 - 2 * MARGIN) / GRID
+def dense_splits(lookup_grid: int) -> tuple[int, ...]:
+    """Column splits of the dense targets: token_targets' colour, centre, row, column, digit order; grid row, col
+    (lookup grids up to `lookup_grid` a side, relation's); then token_targets' neighbours."""
+    grid = max(lookup_grid, RELATION_GRID) + 1
+    return (NUM_COLOUR_CLASSES, NUM_CENTRE_CLASSES, SIDE, SIDE, MAX_DIGITS + 1, grid, grid, *NEIGHBOUR_SPLITS)
+
+
+def grid_cells(grid: int) -> torch.Tensor:
+    """(SIDE * SIDE, 2) long: the 1-based row and column of a `grid` x `grid` grid that each visual token's centre
+    lies in (0: none)."""
+    cell = (1 - 2 * MARGIN) / grid
     centres = (torch.arange(SIDE) + 0.5) / SIDE
     index = ((centres - MARGIN) / cell).floor().long()
-    index = torch.where((index >= 0) & (index < GRID), index + 1, 0)
+    index = torch.where((index >= 0) & (index < grid), index + 1, 0)
     row, col = torch.meshgrid(index, index, indexing="ij")
     return torch.stack([row.flatten(), col.flatten()], -1)
 
@@ -320,11 +324,13 @@ def train(args: argparse.Namespace) -> dict:
 
     adapter, pad_id = get_adapter(model), tokenizer.pad_token_id
     task_types = tuple(dict.fromkeys(args.tasks))
-    probe_examples = held_out(args.probe_per_task, PROBE_SEED, task_types)
+    probe_examples = held_out(args.probe_per_task, PROBE_SEED, task_types, args.lookup_grid)
     probe = collate([encode_conversation(processor, e.image, [(e.question, e.answer)]) for e in probe_examples],
                     pad_id, adapter)  # fmt: skip
     probe_tasks = [e.task for e in probe_examples]
-    stream = TrainingStream(processor, args.tasks, turns=args.turns, number_end=args.number_end)
+    stream = TrainingStream(
+        processor, args.tasks, turns=args.turns, number_end=args.number_end, lookup_grid=args.lookup_grid
+    )
     loader = DataLoader(
         stream, batch_size=args.batch_size, num_workers=args.workers, collate_fn=lambda items: items,
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
@@ -334,9 +340,10 @@ def train(args: argparse.Namespace) -> dict:
     captured: dict = {}
     model.model.multi_modal_projector.register_forward_hook(lambda m, a, output: captured.update(visual=output))
     layers = model.model.language_model.layers
-    token_head = torch.nn.Linear(hidden, sum(SPLITS))
-    field_head = torch.nn.Linear(hidden, sum(FIELDS.values()))
-    deep_head = torch.nn.Linear(hidden, sum(SPLITS))
+    splits, field_classes = dense_splits(args.lookup_grid), tuple(field_sizes(args.lookup_grid).values())
+    token_head = torch.nn.Linear(hidden, sum(splits))
+    field_head = torch.nn.Linear(hidden, sum(field_classes))
+    deep_head = torch.nn.Linear(hidden, sum(splits))
     last_head = torch.nn.Linear(hidden, 2) if args.number_end else None
     if args.dense_layer >= 0:  # the same per-token targets on the visual tokens entering this decoder layer
         layers[args.dense_layer].register_forward_pre_hook(
@@ -357,7 +364,8 @@ def train(args: argparse.Namespace) -> dict:
         )
     end_id, sink_id = tokenizer.convert_tokens_to_ids(ANSWER_END), tokenizer.convert_tokens_to_ids(SINK_TOKEN)
     radius, marked_column = V2V_TARGETS[args.v2v_target]
-    cells, neighbours = grid_cells(), causal_neighbours(radius)
+    cells = {"lookup": grid_cells(args.lookup_grid), "relation": grid_cells(RELATION_GRID)}
+    neighbours = causal_neighbours(radius)
     if args.anchor_weight > 0:  # every layer's input, for the drift of the visual tokens from the projector output
         for index, layer in enumerate(layers):
             layer.register_forward_pre_hook(
@@ -377,7 +385,8 @@ def train(args: argparse.Namespace) -> dict:
     def dense_loss(tasks: list[str], targets: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """Per-visual-token cross-entropies on the projector output (and, given the visual-token mask `image`,
         on --dense-layer's input)."""
-        grid = torch.cat([cells if task in GRID_TASKS else torch.full_like(cells, -100) for task in tasks])
+        none = torch.full((SIDE * SIDE, 2), -100)
+        grid = torch.cat([cells.get(task, none) for task in tasks])
         targets = torch.cat([targets[:, :5], grid, targets[:, 5:]], 1)
         visual = captured["visual"].reshape(-1, hidden)
         loss = token_loss(token_head, visual, targets)
@@ -390,7 +399,7 @@ def train(args: argparse.Namespace) -> dict:
     def token_loss(head: torch.nn.Linear, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy per target column; centres and digit orders also averaged over the few tokens that have
         one (else "none" swamps them)."""
-        parts = head(F.rms_norm(features, (hidden,))).split(SPLITS, 1)
+        parts = head(F.rms_norm(features, (hidden,))).split(splits, 1)
         loss = sum(F.cross_entropy(p, targets[:, i]) for i, p in enumerate(parts) if (targets[:, i] >= 0).any())
         for i in (1, 4):
             marked = targets[:, i] > 0
@@ -418,9 +427,7 @@ def train(args: argparse.Namespace) -> dict:
         rows, positions = queries
         field_loss = attention_loss = torch.zeros(())
         if args.field_layer >= 0:
-            logits = field_head(F.rms_norm(captured["fields"][rows, positions], (hidden,))).split(
-                tuple(FIELDS.values()), 1
-            )
+            logits = field_head(F.rms_norm(captured["fields"][rows, positions], (hidden,))).split(field_classes, 1)
             fields = guides["fields"]
             field_loss = sum(
                 (F.cross_entropy(lg, fields[:, i]) for i, lg in enumerate(logits) if (fields[:, i] >= 0).any()),
@@ -607,6 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="task types in turn; one listed twice comes twice as often",
     )
     parser.add_argument("--turns", type=int, default=6, help="questions per training image (lookup; reading has 1)")
+    parser.add_argument(
+        "--lookup-grid",
+        type=int,
+        default=LOOKUP_GRID,
+        help=f"side of the lookup grids trained on (the suite's: {LOOKUP_GRID}; a first stage may start smaller)",
+    )
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument(
@@ -695,6 +708,10 @@ def checked_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> arg
         parser.error(
             "--freeze-vision keeps a checkpoint's tower: give --init-from, and no --vision-steps or --dense-layer"
         )
+    try:
+        check_lookup_grid(args.lookup_grid)
+    except ValueError as error:
+        parser.error(f"--lookup-grid: {error}")
     if stray := sorted(set(args.relation_answer_layers) - set(args.guide_layers)):
         parser.error(f"--relation-answer-layers {stray} are not --guide-layers {args.guide_layers}: name guided layers")
     return args

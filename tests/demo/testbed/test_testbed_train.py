@@ -10,10 +10,12 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from alvts.demo.tasks import make_example
+from alvts.demo.tasks.scenes import LOOKUP_GRID
 from alvts.demo.testbed.build import build_config, build_processor
 from alvts.demo.testbed.train import (
     attention_cross_entropy,
     build_parser,
+    grid_cells,
     guide_targets,
     guided_answers,
     main,
@@ -208,6 +210,13 @@ def test_relation_answer_layers_must_be_guided_layers(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_lookup_grid_beyond_the_tokens_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "run"), "--lookup-grid", "8"])
+    assert "--lookup-grid: a lookup grid's side must be in [1, 7]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_freeze_vision_trains_the_decoder_and_keeps_the_tower(tmp_path):
     """A second stage with --freeze-vision changes decoder weights and leaves every vision tower and projector weight
     as the checkpoint has it."""
@@ -278,8 +287,20 @@ def test_a_recipe_is_refused_with_other_flags_or_when_unknown(tmp_path, flags, m
 
 def test_the_demo_recipe_trains_g25_from_scratch_then_g26_from_it(tmp_path):
     """The shipped recipe's stages are valid trainer flags, wired in turn: the first builds the model with its tower
-    pretrained, the second starts from the first's folder, keeps its tower and writes the output folder."""
+    pretrained, the second starts from the first's folder, keeps its tower and writes the output folder; both ask
+    lookups on the suite's grid."""
     (first_name, first), (second_name, second) = recipe_runs(build_parser(), "demo", tmp_path / "out", tmp_path / "w")
     assert (first_name, first.init_from, first.vision_steps > 0, first.freeze_vision) == ("g25", None, True, False)
     assert (second_name, second.init_from, second.freeze_vision) == ("g26", str(tmp_path / "w" / "g25"), True)
+    assert first.lookup_grid == second.lookup_grid == LOOKUP_GRID
     assert (first.out, second.out) == (str(tmp_path / "w" / "g25"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("grid", [4, LOOKUP_GRID])
+def test_grid_cells_name_the_cell_of_every_shape_centre(grid):
+    """The tower's grid-cell target at each lookup shape's centre token is that shape's (row, col)."""
+    cells = grid_cells(grid)
+    for seed in range(3):
+        example = make_example("lookup", seed, lookup_grid=grid)
+        for obj in example.scene["objects"]:
+            assert cells[centre_token(obj["centre"], 448)].tolist() == [obj["row"], obj["col"]]
