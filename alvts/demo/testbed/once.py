@@ -21,6 +21,7 @@ from ...policies.baselines import SelectOncePolicy
 from ...routing.policy import LayerInputs, Policy
 from ..tasks import EVAL_SEED, Example
 from ..tasks.geometry import nearest_in_direction
+from ..tasks.scenes import LOOKUP_GRID, MAX_LOOKUP_GRID
 from ..training_data import centre_token, held_out
 from .gonogo import kept_per_layer, testbed_parser, write_json
 
@@ -78,13 +79,24 @@ def kept_shares(chosen: dict[int, list[torch.Tensor]], examples: list[Example]) 
     return {task: {name: [round(v, 3) for v in values] for name, values in row.items()} for task, row in shares.items()}
 
 
-def run(model_path: str, pack: str, tasks: tuple[str, ...], num_per_task: int, keep: float, batch_size: int) -> dict:
-    """Both policies' accuracy and `kept_shares` on the same held-out questions."""
+def run(
+    model_path: str,
+    pack: str,
+    tasks: tuple[str, ...],
+    num_per_task: int,
+    keep: float,
+    batch_size: int,
+    lookup_grid: int = LOOKUP_GRID,
+) -> dict:
+    """Both policies' accuracy and `kept_shares` on the same held-out questions (lookups on `lookup_grid` grids)."""
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = load_processor(model_path)
-    examples = held_out(num_per_task, EVAL_SEED, tasks)
+    examples = held_out(num_per_task, EVAL_SEED, tasks, lookup_grid)
     k = kept_per_layer(model, processor, keep)
-    result: dict = {"model": model_path, "pack": pack, "keep": keep, "k": k, "num_per_task": num_per_task}
+    result: dict = {
+        "model": model_path, "pack": pack, "keep": keep, "k": k, "num_per_task": num_per_task,
+        "lookup_grid": lookup_grid,
+    }  # fmt: skip
     for name, wrap in (("per-layer", lambda policy: policy), ("once", SelectOncePolicy)):
         policy = wrap(resolve_policy(pack, model))
         chosen = record_top_k(policy, k)
@@ -106,13 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = testbed_parser(__doc__, num_per_task=100)
     parser.add_argument("--pack", required=True, help="the selector pack (folder) to route with")
     parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument(
+        "--lookup-grid", type=int, choices=range(1, MAX_LOOKUP_GRID + 1), default=LOOKUP_GRID, help="lookup grids' side"
+    )
     parser.set_defaults(tasks=TASKS)
     args = parser.parse_args(argv)
     if stray := [task for task in args.tasks if task not in TASKS]:
         parser.error(f"--tasks {stray}: only {list(TASKS)} have answers in grid shape centres; drop the others")
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    result = run(args.model, args.pack, args.tasks, args.num_per_task, args.keep, args.batch_size)
+    result = run(args.model, args.pack, args.tasks, args.num_per_task, args.keep, args.batch_size, args.lookup_grid)
     for name in ("per-layer", "once"):
         cells = [
             f"{task} {c['acc']:.3f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]"
