@@ -170,15 +170,22 @@ def run(
     return table
 
 
-def testbed_parser(doc: str, num_per_task: int, threads: int = 2, selection: bool = True) -> argparse.ArgumentParser:
+def testbed_parser(
+    doc: str, num_per_task: int, threads: int = 2, selection: bool = True, lookup_grid: bool = False
+) -> argparse.ArgumentParser:
     """The arguments every testbed measurement takes: a model folder, questions per task, CPU threads and where to
-    write the JSON; with `selection`, also the tasks and the keep ratio (a measurement at full tokens takes neither)."""
+    write the JSON; with `selection`, also the tasks and the keep ratio (a measurement at full tokens takes neither);
+    with `lookup_grid`, also the side of the lookup grids asked."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=resolve_model_alias, help='a model folder, or "demo" for the shipped one')
     parser.add_argument("--num-per-task", type=int, default=num_per_task)
     if selection:
         parser.add_argument("--tasks", type=lambda text: tuple(text.split(",")), default=("lookup", "reading"))
         parser.add_argument("--keep", type=float, default=0.11)
+    if lookup_grid:
+        parser.add_argument(
+            "--lookup-grid", type=int, choices=range(1, MAX_LOOKUP_GRID + 1), default=LOOKUP_GRID, help="a grid's side"
+        )
     parser.add_argument("--threads", type=int, default=threads)
     parser.add_argument("--json", help="also write the result here")
     return parser
@@ -210,7 +217,7 @@ def print_table(table: dict, tasks: tuple[str, ...]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
-    parser = testbed_parser(__doc__, num_per_task=100)
+    parser = testbed_parser(__doc__, num_per_task=100, lookup_grid=True)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--dense-first", type=int, default=0, help="also route with this many dense first layers")
     parser.add_argument(
@@ -220,13 +227,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--pack", help="also route with this selector pack (folder) under each budget")
     parser.add_argument("--one-layer", action="store_true", help="also the oracle on one layer at a time")
-    parser.add_argument(
-        "--lookup-grid",
-        type=int,
-        choices=range(1, MAX_LOOKUP_GRID + 1),
-        default=LOOKUP_GRID,
-        help="a lookup grid's side",
-    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

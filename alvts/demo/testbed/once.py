@@ -21,7 +21,7 @@ from ...policies.baselines import SelectOncePolicy
 from ...routing.policy import LayerInputs, Policy
 from ..tasks import EVAL_SEED, Example
 from ..tasks.geometry import nearest_in_direction
-from ..tasks.scenes import LOOKUP_GRID, MAX_LOOKUP_GRID
+from ..tasks.scenes import LOOKUP_GRID
 from ..training_data import centre_token, held_out
 from .gonogo import kept_per_layer, testbed_parser, write_json
 
@@ -115,12 +115,9 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
-    parser = testbed_parser(__doc__, num_per_task=100)
+    parser = testbed_parser(__doc__, num_per_task=100, lookup_grid=True)
     parser.add_argument("--pack", required=True, help="the selector pack (folder) to route with")
     parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument(
-        "--lookup-grid", type=int, choices=range(1, MAX_LOOKUP_GRID + 1), default=LOOKUP_GRID, help="lookup grids' side"
-    )
     parser.set_defaults(tasks=TASKS)
     args = parser.parse_args(argv)
     if stray := [task for task in args.tasks if task not in TASKS]:
